@@ -1,0 +1,54 @@
+//! `quarrel`: run, chat, tokenize, inspect and perplexity on GGUF models.
+
+mod commands;
+mod dump;
+mod load;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "quarrel",
+    version,
+    about = "An LLM inference engine for GGUF models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Run(commands::run::RunArgs),
+    /// Talk with a model, turn by turn, through its chat template.
+    Chat(commands::chat::ChatArgs),
+    /// Print the token ids of a text.
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(commands::inspect::InspectArgs),
+    /// Measure perplexity on a text file, as llama-perplexity does.
+    Perplexity(commands::perplexity::PerplexityArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(a)) => commands::run::run(a),
+        Some(Command::Chat(a)) => commands::chat::run(a),
+        Some(Command::Tokenize(a)) => commands::tokenize::run(a),
+        Some(Command::Inspect(a)) => commands::inspect::run(a),
+        Some(Command::Perplexity(a)) => commands::perplexity::run(a),
+        // Bare `quarrel`: a short generation with the default model.
+        None => commands::run::run(commands::run::RunArgs::demo()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Shared helpers of the end-to-end tests: model paths, reference data,
+//! and running the `quarrel` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The file name of each reference model.
+pub fn model_file(name: &str) -> &'static str {
+    match name {
+        "qwen05" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "smol" => "smollm2-135m-instruct-q4_1.gguf",
+        "gemma" => "gemma-3-270m-q4_k_m.gguf",
+        other => panic!("unknown reference model {other}"),
+    }
+}
+
+pub fn model_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("QUARREL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME");
+            PathBuf::from(home).join(".cache/quarrel/models")
+        });
+    let p = dir.join(model_file(name));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
+    p
+}
+
+pub struct Reference {
+    pub model: String,
+    pub json: Value,
+}
+
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+pub fn reference(name: &str) -> Reference {
+    let path = data_dir().join(format!("reference/{name}.json"));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    Reference {
+        model: name.to_string(),
+        json,
+    }
+}
+
+/// Runs `quarrel ARGS`, expecting success and one JSON object on stdout.
+pub fn quarrel(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
+        .args(args)
+        .output()
+        .expect("run quarrel");
+    assert!(
+        out.status.success(),
+        "quarrel {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "quarrel {args:?}: bad JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs `quarrel ARGS`, expecting failure; returns stderr.
+pub fn quarrel_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
+        .args(args)
+        .output()
+        .expect("run quarrel");
+    assert!(
+        !out.status.success(),
+        "quarrel {args:?} unexpectedly succeeded"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,206 @@
+//! The CPU backend. Weights are used in place from the memory map; every
+//! operation runs on one persistent thread pool.
+
+mod ops;
+mod tensor;
+
+use std::sync::Mutex;
+
+use quarrel_gguf::{GgufFile, TensorInfo};
+use quarrel_model::{AttnParams, Backend, FfnActivation, ModelError, RopeParams, SeqRows};
+use rayon::prelude::*;
+
+pub use tensor::{CpuKvCache, CpuTensor, CpuWeight};
+
+use ops::matmul::MatmulScratch;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    matmul_scratch: Mutex<MatmulScratch>,
+}
+
+impl CpuBackend {
+    /// `threads` 0: one per available core.
+    pub fn new(threads: usize) -> Self {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("quarrel-cpu-{i}"))
+            .build()
+            .expect("thread pool");
+        CpuBackend {
+            pool,
+            matmul_scratch: Mutex::new(MatmulScratch::new()),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Tensor = CpuTensor;
+    type KvCache = CpuKvCache;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn load_weight(&self, file: &GgufFile, info: &TensorInfo) -> Result<CpuWeight, ModelError> {
+        if !quarrel_quant::is_supported(info.ty) {
+            return Err(ModelError::UnsupportedType {
+                name: info.name.clone(),
+                ty: info.ty,
+            });
+        }
+        Ok(CpuWeight::new(
+            info.ty,
+            info.n_rows() as usize,
+            info.row_len() as usize,
+            file.storage().clone(),
+            info.offset as usize,
+        ))
+    }
+
+    fn new_tensor(&self, max_rows: usize, cols: usize) -> CpuTensor {
+        CpuTensor::new(max_rows, cols)
+    }
+
+    fn set_rows(&self, t: &mut CpuTensor, rows: usize) {
+        assert!(rows * t.cols <= t.data.len(), "tensor capacity exceeded");
+        t.rows = rows;
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn new_kv_cache(
+        &self,
+        n_layer: usize,
+        n_slots: usize,
+        k_dim: usize,
+        v_dim: usize,
+    ) -> CpuKvCache {
+        CpuKvCache::new(n_layer, n_slots, k_dim, v_dim)
+    }
+
+    fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuTensor) {
+        out.rows = tokens.len();
+        let cols = out.cols;
+        self.pool.install(|| {
+            out.live_mut()
+                .par_chunks_mut(cols)
+                .zip(tokens.par_iter())
+                .for_each(|(row, &t)| {
+                    quarrel_quant::dequantize_row(table.ty, table.row(t as usize), row)
+                        .expect("type checked at load");
+                });
+        });
+    }
+
+    fn scale(&self, x: &mut CpuTensor, s: f32) {
+        x.live_mut().iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32, out: &mut CpuTensor) {
+        out.rows = x.rows;
+        self.pool
+            .install(|| ops::norm::rms_norm(x.live(), &w.vector, eps, out.live_mut()));
+    }
+
+    fn rms_norm_inplace(&self, x: &mut CpuTensor, w: &CpuWeight, eps: f32) {
+        self.pool
+            .install(|| ops::norm::rms_norm_inplace(x.live_mut(), &w.vector, eps));
+    }
+
+    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) {
+        let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
+        let scratch: &mut MatmulScratch = &mut guard;
+        self.pool
+            .install(|| ops::matmul::matmul(x, w, out, scratch));
+    }
+
+    fn add_bias(&self, x: &mut CpuTensor, b: &CpuWeight) {
+        let cols = x.cols;
+        for row in x.live_mut().chunks_exact_mut(cols) {
+            row.iter_mut().zip(&b.vector).for_each(|(v, b)| *v += b);
+        }
+    }
+
+    fn copy_cols(&self, src: &CpuTensor, start: usize, dst: &mut CpuTensor) {
+        dst.rows = src.rows;
+        let cols = dst.cols;
+        for (d, s) in dst
+            .live_mut()
+            .chunks_exact_mut(cols)
+            .zip(src.live().chunks_exact(src.cols))
+        {
+            d.copy_from_slice(&s[start..start + cols]);
+        }
+    }
+
+    fn rope(&self, x: &mut CpuTensor, positions: &[u32], p: &RopeParams<'_, CpuWeight>) {
+        let cols = x.cols;
+        self.pool
+            .install(|| ops::rope::rope(x.live_mut(), cols, positions, p));
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        positions: &[u32],
+        seqs: &[SeqRows<'_>],
+        p: &AttnParams,
+        out: &mut CpuTensor,
+    ) {
+        self.pool
+            .install(|| ops::attention::attention(q, k, v, cache, layer, positions, seqs, p, out));
+    }
+
+    fn glu(
+        &self,
+        gate: &CpuTensor,
+        up: Option<&CpuTensor>,
+        act: FfnActivation,
+        out: &mut CpuTensor,
+    ) {
+        self.pool
+            .install(|| ops::activation::glu(gate, up, act, out));
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        x.live_mut()
+            .iter_mut()
+            .zip(y.live())
+            .for_each(|(a, b)| *a += b);
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[usize], out: &mut CpuTensor) {
+        out.rows = rows.len();
+        let cols = x.cols;
+        for (dst, &r) in out.live_mut().chunks_exact_mut(cols).zip(rows) {
+            dst.copy_from_slice(&x.data[r * cols..(r + 1) * cols]);
+        }
+    }
+
+    fn softcap(&self, x: &mut CpuTensor, c: f32) {
+        x.live_mut()
+            .iter_mut()
+            .for_each(|v| *v = c * (*v / c).tanh());
+    }
+
+    fn read(&self, t: &CpuTensor, dst: &mut [f32]) {
+        dst.copy_from_slice(t.live());
+    }
+}

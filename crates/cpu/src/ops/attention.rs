@@ -1,0 +1,215 @@
+//! Attention over the f16 KV cache with an online softmax.
+//!
+//! Two numeric paths, as in ggml's CPU flash attention (greedy text can
+//! hinge on such details): batches of fewer than 64 queries round Q to f16
+//! and accumulate V·softmax in f16, one key at a time; larger batches work
+//! in f32, 64 keys per tile.
+
+use half::f16;
+use quarrel_model::config::MAX_HEAD_DIM;
+use quarrel_model::{AttnParams, SeqRows};
+use rayon::prelude::*;
+
+use crate::ops::ggml_math::dot_f16;
+use crate::tensor::{CpuKvCache, CpuTensor};
+
+/// Queries per batch from which the f32 tiled path is used.
+const TILE_Q: usize = 64;
+const TILE_KV: usize = 64;
+
+/// Writes the batch's K and V into their cache slots.
+fn store_kv(
+    k: &CpuTensor,
+    v: &CpuTensor,
+    cache: &mut CpuKvCache,
+    layer: usize,
+    positions: &[u32],
+    seqs: &[SeqRows<'_>],
+) {
+    let (kd, vd) = (cache.k_dim, cache.v_dim);
+    let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+    for seq in seqs {
+        for r in seq.rows.clone() {
+            let slot = seq.slots[positions[r] as usize] as usize;
+            for (dst, &src) in kc[slot * kd..][..kd]
+                .iter_mut()
+                .zip(&k.data[r * kd..][..kd])
+            {
+                *dst = f16::from_f32(src);
+            }
+            for (dst, &src) in vc[slot * vd..][..vd]
+                .iter_mut()
+                .zip(&v.data[r * vd..][..vd])
+            {
+                *dst = f16::from_f32(src);
+            }
+        }
+    }
+}
+
+/// Keys visible to a query: the sequence's positions `lo..=pos`.
+struct Visible<'a> {
+    slots: &'a [u32],
+    lo: usize,
+    pos: usize,
+}
+
+impl Visible<'_> {
+    fn new<'a>(slots: &'a [u32], pos: u32, window: usize) -> Visible<'a> {
+        let pos = pos as usize;
+        let lo = if window > 0 {
+            (pos + 1).saturating_sub(window)
+        } else {
+            0
+        };
+        Visible { slots, lo, pos }
+    }
+}
+
+struct HeadCtx<'a> {
+    k_cache: &'a [f16],
+    v_cache: &'a [f16],
+    k_dim: usize,
+    v_dim: usize,
+    kv_head: usize,
+    p: &'a AttnParams,
+}
+
+impl HeadCtx<'_> {
+    fn key(&self, slot: u32) -> &[f16] {
+        let dk = self.p.head_dim_k;
+        &self.k_cache[slot as usize * self.k_dim + self.kv_head * dk..][..dk]
+    }
+
+    fn value(&self, slot: u32) -> &[f16] {
+        let dv = self.p.head_dim_v;
+        &self.v_cache[slot as usize * self.v_dim + self.kv_head * dv..][..dv]
+    }
+
+    /// ggml's one-key-at-a-time path: Q and the accumulator in f16.
+    fn attend_f16(&self, q: &[f32], vis: &Visible<'_>, out: &mut [f32]) {
+        let dv = self.p.head_dim_v;
+        let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+        for (d, &x) in q16.iter_mut().zip(q) {
+            *d = f16::from_f32(x);
+        }
+        let q16 = &q16[..q.len()];
+        let mut acc = [f16::ZERO; MAX_HEAD_DIM];
+        let acc = &mut acc[..dv];
+        let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
+        for &slot in &vis.slots[vis.lo..=vis.pos] {
+            let score = dot_f16(q16, self.key(slot)) * self.p.kq_scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if score > m {
+                ms = (m - score).exp();
+                m = score;
+                for a in acc.iter_mut() {
+                    *a = f16::from_f32(a.to_f32() * ms);
+                }
+            } else {
+                vs = (score - m).exp();
+            }
+            for (a, v) in acc.iter_mut().zip(self.value(slot)) {
+                *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32()));
+            }
+            s = s.mul_add(ms, vs);
+        }
+        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+        for (o, a) in out.iter_mut().zip(acc.iter()) {
+            *o = a.to_f32() * inv;
+        }
+    }
+
+    /// ggml's tiled path: f32 throughout, softmax per tile of 64 keys
+    /// aligned to absolute cache positions.
+    fn attend_f32(&self, q: &[f32], vis: &Visible<'_>, out: &mut [f32]) {
+        let mut acc = [0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..self.p.head_dim_v];
+        let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
+        let mut scores = [0f32; TILE_KV];
+        let mut start = vis.lo / TILE_KV * TILE_KV;
+        while start <= vis.pos {
+            let end = (start + TILE_KV).min(vis.pos + 1);
+            let first = start.max(vis.lo);
+            let tile = &mut scores[..end - first];
+            for (sc, &slot) in tile.iter_mut().zip(&vis.slots[first..end]) {
+                let dot: f32 = q
+                    .iter()
+                    .zip(self.key(slot))
+                    .map(|(a, b)| a * b.to_f32())
+                    .sum();
+                *sc = dot * self.p.kq_scale;
+            }
+            let tile_max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m_new = m.max(tile_max);
+            if m_new > m {
+                let ms = (m - m_new).exp();
+                acc.iter_mut().for_each(|a| *a *= ms);
+                s *= ms;
+            }
+            m = m_new;
+            let mut tile_sum = 0.0f64;
+            for sc in tile.iter_mut() {
+                *sc = (*sc - m).exp();
+                tile_sum += *sc as f64;
+            }
+            s += tile_sum as f32;
+            for (&pr, &slot) in tile.iter().zip(&vis.slots[first..end]) {
+                for (a, v) in acc.iter_mut().zip(self.value(slot)) {
+                    *a += pr * v.to_f32();
+                }
+            }
+            start += TILE_KV;
+        }
+        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+        for (o, a) in out.iter_mut().zip(acc.iter()) {
+            *o = a * inv;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    cache: &mut CpuKvCache,
+    layer: usize,
+    positions: &[u32],
+    seqs: &[SeqRows<'_>],
+    p: &AttnParams,
+    out: &mut CpuTensor,
+) {
+    store_kv(k, v, cache, layer, positions, seqs);
+    out.rows = q.rows;
+    let f32_path = q.rows >= TILE_Q;
+    let group = p.n_head / p.n_head_kv;
+    let (k_cache, v_cache) = (&cache.k[layer][..], &cache.v[layer][..]);
+    let (k_dim, v_dim) = (cache.k_dim, cache.v_dim);
+    let q_cols = q.cols;
+    for seq in seqs {
+        let rows = seq.rows.clone();
+        let out_rows = &mut out.data[rows.start * out.cols..rows.end * out.cols];
+        out_rows
+            .par_chunks_mut(p.head_dim_v)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let (r, h) = (rows.start + i / p.n_head, i % p.n_head);
+                let ctx = HeadCtx {
+                    k_cache,
+                    v_cache,
+                    k_dim,
+                    v_dim,
+                    kv_head: h / group,
+                    p,
+                };
+                let qh = &q.data[r * q_cols + h * p.head_dim_k..][..p.head_dim_k];
+                let vis = Visible::new(seq.slots, positions[r], p.window);
+                if f32_path {
+                    ctx.attend_f32(qh, &vis, o);
+                } else {
+                    ctx.attend_f16(qh, &vis, o);
+                }
+            });
+    }
+}

@@ -1,0 +1,118 @@
+//! The narrow interface between the model and a compute backend.
+//!
+//! Activations are row-major f32 matrices of `rows` tokens by `cols`
+//! features; weights stay in their GGUF block layout. A backend fuses
+//! internally as it sees fit; the model only names the operations.
+
+use std::ops::Range;
+
+use quarrel_gguf::{GgufFile, TensorInfo};
+
+use crate::config::{FfnActivation, RopeStyle};
+use crate::ModelError;
+
+/// Rotary embedding of one Q or K tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeParams<'a, W> {
+    pub style: RopeStyle,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    /// Per-frequency divisors (Llama 3 scaling, Phi-3 long rope).
+    pub freq_factors: Option<&'a W>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    pub kq_scale: f32,
+    /// Keys at distance >= window are masked (0: no window).
+    pub window: usize,
+}
+
+/// One sequence's share of a batch: its token rows and, for every
+/// position from 0 to its last one in the batch, the KV-cache slot that
+/// holds (or receives) that position.
+#[derive(Clone, Debug)]
+pub struct SeqRows<'a> {
+    pub rows: Range<usize>,
+    pub slots: &'a [u32],
+}
+
+pub trait Backend: Send + Sync {
+    type Weight: Send + Sync;
+    type Tensor: Send;
+    type KvCache: Send;
+
+    /// A human-readable description ("cpu (avx2, 2 threads)").
+    fn describe(&self) -> String;
+
+    /// Makes a tensor of `file` usable (zero-copy where possible).
+    fn load_weight(&self, file: &GgufFile, info: &TensorInfo) -> Result<Self::Weight, ModelError>;
+
+    /// Allocates an activation matrix with room for `max_rows` rows.
+    fn new_tensor(&self, max_rows: usize, cols: usize) -> Self::Tensor;
+    /// Sets the live row count (at most the capacity); never allocates.
+    fn set_rows(&self, t: &mut Self::Tensor, rows: usize);
+    /// (rows, cols)
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+
+    /// A KV cache of `n_slots` positions per layer, K rows of `k_dim`
+    /// and V rows of `v_dim` values.
+    fn new_kv_cache(
+        &self,
+        n_layer: usize,
+        n_slots: usize,
+        k_dim: usize,
+        v_dim: usize,
+    ) -> Self::KvCache;
+
+    /// out[i] = dequantized row `tokens[i]` of `table`.
+    fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor);
+    fn scale(&self, x: &mut Self::Tensor, s: f32);
+    /// RMS-normalises each run of `w.len()` values of every row (a whole
+    /// row, or one head for Q/K norms) and multiplies by `w`.
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32, out: &mut Self::Tensor);
+    fn rms_norm_inplace(&self, x: &mut Self::Tensor, w: &Self::Weight, eps: f32);
+    /// out = x · wᵀ, w of shape [out cols][x cols] in its block layout.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor);
+    fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);
+    /// dst = src[:, start .. start + dst.cols] (splits fused projections).
+    fn copy_cols(&self, src: &Self::Tensor, start: usize, dst: &mut Self::Tensor);
+    fn rope(&self, x: &mut Self::Tensor, positions: &[u32], p: &RopeParams<'_, Self::Weight>);
+    /// Writes K and V of every row into its slot in layer `layer` of the
+    /// cache, then attends each row of `q` to its sequence's causal past.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        positions: &[u32],
+        seqs: &[SeqRows<'_>],
+        p: &AttnParams,
+        out: &mut Self::Tensor,
+    );
+    /// out = act(gate) * up; with `up` None, `gate` holds [gate | up].
+    fn glu(
+        &self,
+        gate: &Self::Tensor,
+        up: Option<&Self::Tensor>,
+        act: FfnActivation,
+        out: &mut Self::Tensor,
+    );
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// out[i] = x[rows[i]]
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize], out: &mut Self::Tensor);
+    /// x = c * tanh(x / c)
+    fn softcap(&self, x: &mut Self::Tensor, c: f32);
+    /// Copies the live rows to the host, row-major.
+    fn read(&self, t: &Self::Tensor, dst: &mut [f32]);
+}

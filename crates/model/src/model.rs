@@ -1,0 +1,302 @@
+//! The forward pass, written once for every architecture and backend.
+//!
+//! embed → for each layer: norm, QKV (+bias), Q/K norm, RoPE, attention
+//! over the KV cache, output projection (+post-norm), residual; norm, gated
+//! FFN (+post-norm), residual → final norm → logits. Every intermediate is
+//! named so that `--dump-activations` can write it for layer-by-layer diffs.
+
+use quarrel_gguf::GgufFile;
+
+use crate::backend::{AttnParams, Backend, RopeParams, SeqRows};
+use crate::config::ModelConfig;
+use crate::weights::{GateUpWeights, LayerWeights, QkvWeights, Weights};
+use crate::ModelError;
+
+/// Tokens to run through the model in one pass. Prefill of one sequence
+/// and decode of many are the same call with different shapes.
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [u32],
+    pub seqs: &'a [SeqRows<'a>],
+    /// Rows whose logits are wanted, in the order they are returned.
+    pub outputs: &'a [usize],
+}
+
+/// Receives named intermediates (`layer` is None outside the layers).
+pub trait ActivationSink {
+    fn record(&mut self, name: &str, layer: Option<usize>, rows: usize, cols: usize, data: &[f32]);
+}
+
+/// Activation buffers, allocated once for the largest batch.
+pub struct Scratch<B: Backend> {
+    max_rows: usize,
+    max_outputs: usize,
+    x: B::Tensor,
+    xn: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    qkv: Option<B::Tensor>,
+    attn: B::Tensor,
+    proj: B::Tensor,
+    gate: B::Tensor,
+    up: Option<B::Tensor>,
+    act: B::Tensor,
+    ffn_out: B::Tensor,
+    out_x: B::Tensor,
+    logits: B::Tensor,
+}
+
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    pub weights: Weights<B::Weight>,
+    pub backend: B,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(file: &GgufFile, backend: B) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_metadata(file.metadata())?;
+        let weights = Weights::load(file, &config, &backend)?;
+        Ok(Model {
+            config,
+            weights,
+            backend,
+        })
+    }
+
+    pub fn new_scratch(&self, max_rows: usize, max_outputs: usize) -> Scratch<B> {
+        let c = &self.config;
+        let b = &self.backend;
+        let t = |cols| b.new_tensor(max_rows, cols);
+        let fused_qkv = matches!(self.weights.layers[0].qkv, QkvWeights::Fused(_));
+        let fused_ffn = matches!(self.weights.layers[0].gate_up, GateUpWeights::Fused(_));
+        Scratch {
+            max_rows,
+            max_outputs,
+            x: t(c.n_embd),
+            xn: t(c.n_embd),
+            q: t(c.q_dim()),
+            k: t(c.k_dim()),
+            v: t(c.v_dim()),
+            qkv: fused_qkv.then(|| t(c.q_dim() + c.k_dim() + c.v_dim())),
+            attn: t(c.n_head * c.head_dim_v),
+            proj: t(c.n_embd),
+            gate: t(if fused_ffn { 2 * c.n_ff } else { c.n_ff }),
+            up: (!fused_ffn).then(|| t(c.n_ff)),
+            act: t(c.n_ff),
+            ffn_out: t(c.n_embd),
+            out_x: b.new_tensor(max_outputs, c.n_embd),
+            logits: b.new_tensor(max_outputs, c.n_vocab),
+        }
+    }
+
+    pub fn new_kv_cache(&self, n_slots: usize) -> B::KvCache {
+        let c = &self.config;
+        self.backend
+            .new_kv_cache(c.n_layer, n_slots, c.k_dim(), c.v_dim())
+    }
+
+    /// Runs `batch`; the logits of `batch.outputs` are then in `scratch`
+    /// (read them with [`Model::read_logits`]).
+    pub fn forward(
+        &self,
+        batch: &Batch<'_>,
+        cache: &mut B::KvCache,
+        s: &mut Scratch<B>,
+        mut sink: Option<&mut (dyn ActivationSink + '_)>,
+    ) -> Result<(), ModelError> {
+        let n = batch.tokens.len();
+        if n == 0 || n > s.max_rows || batch.positions.len() != n {
+            return Err(ModelError::Batch(format!(
+                "{n} tokens, {} positions, room for {}",
+                batch.positions.len(),
+                s.max_rows
+            )));
+        }
+        if batch.outputs.len() > s.max_outputs || batch.outputs.iter().any(|&r| r >= n) {
+            return Err(ModelError::Batch(format!(
+                "{} output rows requested of {n} (room for {})",
+                batch.outputs.len(),
+                s.max_outputs
+            )));
+        }
+        let (b, c, w) = (&self.backend, &self.config, &self.weights);
+        for t in [
+            &mut s.x,
+            &mut s.xn,
+            &mut s.q,
+            &mut s.k,
+            &mut s.v,
+            &mut s.attn,
+            &mut s.proj,
+            &mut s.gate,
+            &mut s.act,
+            &mut s.ffn_out,
+        ] {
+            b.set_rows(t, n);
+        }
+        for t in [s.qkv.as_mut(), s.up.as_mut()].into_iter().flatten() {
+            b.set_rows(t, n);
+        }
+        let mut dump = |name: &str, layer: Option<usize>, t: &B::Tensor| {
+            if let Some(sink) = sink.as_deref_mut() {
+                let (rows, cols) = b.shape(t);
+                let mut host = vec![0.0; rows * cols];
+                b.read(t, &mut host);
+                sink.record(name, layer, rows, cols, &host);
+            }
+        };
+
+        b.embed(&w.tok_embd, batch.tokens, &mut s.x);
+        if c.embed_scale != 1.0 {
+            b.scale(&mut s.x, c.embed_scale);
+        }
+        dump("inp_embd", None, &s.x);
+
+        for (il, layer) in w.layers.iter().enumerate() {
+            let l = Some(il);
+            b.rms_norm(&s.x, &layer.attn_norm, c.norm_eps, &mut s.xn);
+            dump("attn_norm", l, &s.xn);
+
+            self.project_qkv(layer, s);
+            if let Some(qn) = &layer.q_norm {
+                b.rms_norm_inplace(&mut s.q, qn, c.norm_eps);
+            }
+            if let Some(kn) = &layer.k_norm {
+                b.rms_norm_inplace(&mut s.k, kn, c.norm_eps);
+            }
+            let rope = |n_heads| RopeParams {
+                style: c.rope.style,
+                n_heads,
+                head_dim: c.head_dim_k,
+                n_rot: c.rope.n_rot,
+                freq_base: c.rope_base(il),
+                freq_scale: c.rope.freq_scale,
+                freq_factors: layer.rope_freqs.as_ref(),
+            };
+            b.rope(&mut s.q, batch.positions, &rope(c.n_head));
+            b.rope(&mut s.k, batch.positions, &rope(c.n_head_kv));
+            if c.q_scale != 1.0 {
+                b.scale(&mut s.q, c.q_scale);
+            }
+            dump("q", l, &s.q);
+            dump("k", l, &s.k);
+            dump("v", l, &s.v);
+
+            let params = AttnParams {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim_k: c.head_dim_k,
+                head_dim_v: c.head_dim_v,
+                kq_scale: c.kq_scale,
+                window: c.window(il),
+            };
+            b.attention(
+                &s.q,
+                &s.k,
+                &s.v,
+                cache,
+                il,
+                batch.positions,
+                batch.seqs,
+                &params,
+                &mut s.attn,
+            );
+            dump("attn_out", l, &s.attn);
+
+            b.matmul(&s.attn, &layer.wo, &mut s.proj);
+            if let Some(bias) = &layer.wo_bias {
+                b.add_bias(&mut s.proj, bias);
+            }
+            if let Some(pn) = &layer.post_attn_norm {
+                b.rms_norm_inplace(&mut s.proj, pn, c.norm_eps);
+            }
+            dump("attn_proj", l, &s.proj);
+            b.add(&mut s.x, &s.proj);
+            dump("ffn_inp", l, &s.x);
+
+            b.rms_norm(&s.x, &layer.ffn_norm, c.norm_eps, &mut s.xn);
+            dump("ffn_norm", l, &s.xn);
+            match &layer.gate_up {
+                GateUpWeights::Split { gate, up } => {
+                    let up_t = s.up.as_mut().expect("scratch matches the weights");
+                    b.matmul(&s.xn, gate, &mut s.gate);
+                    b.matmul(&s.xn, up, up_t);
+                    dump("ffn_gate", l, &s.gate);
+                    dump("ffn_up", l, up_t);
+                    b.glu(&s.gate, Some(up_t), c.activation, &mut s.act);
+                }
+                GateUpWeights::Fused(gate_up) => {
+                    b.matmul(&s.xn, gate_up, &mut s.gate);
+                    dump("ffn_gate_up", l, &s.gate);
+                    b.glu(&s.gate, None, c.activation, &mut s.act);
+                }
+            }
+            dump("ffn_act", l, &s.act);
+            b.matmul(&s.act, &layer.down, &mut s.ffn_out);
+            if let Some(pn) = &layer.post_ffn_norm {
+                b.rms_norm_inplace(&mut s.ffn_out, pn, c.norm_eps);
+            }
+            dump("ffn_out", l, &s.ffn_out);
+            b.add(&mut s.x, &s.ffn_out);
+            dump("l_out", l, &s.x);
+        }
+
+        b.set_rows(&mut s.out_x, batch.outputs.len());
+        b.set_rows(&mut s.logits, batch.outputs.len());
+        if batch.outputs.is_empty() {
+            return Ok(());
+        }
+        b.gather_rows(&s.x, batch.outputs, &mut s.out_x);
+        b.rms_norm_inplace(&mut s.out_x, &w.output_norm, c.norm_eps);
+        dump("result_norm", None, &s.out_x);
+        b.matmul(
+            &s.out_x,
+            w.output.as_ref().unwrap_or(&w.tok_embd),
+            &mut s.logits,
+        );
+        if c.final_logit_softcap > 0.0 {
+            b.softcap(&mut s.logits, c.final_logit_softcap);
+        }
+        dump("result_output", None, &s.logits);
+        Ok(())
+    }
+
+    fn project_qkv(&self, layer: &LayerWeights<B::Weight>, s: &mut Scratch<B>) {
+        let b = &self.backend;
+        match &layer.qkv {
+            QkvWeights::Split {
+                q,
+                k,
+                v,
+                q_bias,
+                k_bias,
+                v_bias,
+            } => {
+                for (wt, bias, out) in [
+                    (q, q_bias, &mut s.q),
+                    (k, k_bias, &mut s.k),
+                    (v, v_bias, &mut s.v),
+                ] {
+                    b.matmul(&s.xn, wt, out);
+                    if let Some(bias) = bias {
+                        b.add_bias(out, bias);
+                    }
+                }
+            }
+            QkvWeights::Fused(wt) => {
+                let qkv = s.qkv.as_mut().expect("scratch matches the weights");
+                b.matmul(&s.xn, wt, qkv);
+                let (qd, kd) = (self.config.q_dim(), self.config.k_dim());
+                b.copy_cols(qkv, 0, &mut s.q);
+                b.copy_cols(qkv, qd, &mut s.k);
+                b.copy_cols(qkv, qd + kd, &mut s.v);
+            }
+        }
+    }
+
+    /// Copies the logits of the last forward pass (outputs × vocab).
+    pub fn read_logits(&self, s: &Scratch<B>, dst: &mut [f32]) {
+        self.backend.read(&s.logits, dst);
+    }
+}

@@ -1,0 +1,185 @@
+//! Q4_K (144 B): 8 sub-blocks of 32, 6-bit scales and mins packed in 12 bytes;
+//! f16 d, f16 dmin, 12 scale bytes, 128 bytes of 4-bit quants;
+//! x = d * scale * q - dmin * min.
+//!
+//! Element 64c + m: low nibble of qs[32c + m] (m < 32, sub-block 2c) or high
+//! nibble of qs[32c + m - 32] (sub-block 2c + 1).
+
+use super::search::Qkx2;
+use super::{check, get_scale_min_k4, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
+use crate::avx2::Acc8;
+use crate::float::{f16_le, fp32_to_fp16};
+
+const BYTES: usize = 144;
+
+/// The 4-bit quants of a block, in element order.
+fn unpack(qs: &[u8]) -> [i8; QK_K] {
+    let mut q = [0i8; QK_K];
+    for (pair, src) in q.chunks_exact_mut(64).zip(qs.chunks_exact(32)) {
+        let (lo, hi) = pair.split_at_mut(32);
+        for ((l, h), &b) in lo.iter_mut().zip(hi).zip(src) {
+            *l = (b & 0xF) as i8;
+            *h = (b >> 4) as i8;
+        }
+    }
+    q
+}
+
+/// The 8 (scale, min) pairs of a 12-byte scale field.
+pub(super) fn scales_mins(s: &[u8]) -> [(u8, u8); 8] {
+    std::array::from_fn(|j| get_scale_min_k4(j, s))
+}
+
+/// The reference scale search shared by Q4_K and Q5_K: per 32-element
+/// sub-block, weights `rms + |x|`, a `make_qkx2_quants` fit, then 6-bit
+/// scales and mins relative to their maxima. Writes d, dmin and the 12 scale
+/// bytes into `head` (16 bytes) and the levels (0..=nmax) into `levels`.
+pub(super) fn quantize_k4_head(x: &[f32], search: &Qkx2, head: &mut [u8], levels: &mut [u8; QK_K]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (j, (xs, ls)) in x
+        .chunks_exact(32)
+        .zip(levels.chunks_exact_mut(32))
+        .enumerate()
+    {
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|l| av_x + xs[l].abs());
+        (scales[j], mins[j]) = search.quantize(xs, &weights, ls);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let s = &mut head[4..16];
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            s[j] = ls;
+            s[j + 4] = lm;
+        } else {
+            s[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            s[j - 4] |= (ls >> 4) << 6;
+            s[j] |= (lm >> 4) << 6;
+        }
+    }
+    head[..2].copy_from_slice(&fp32_to_fp16(max_scale / 63.0).to_le_bytes());
+    head[2..4].copy_from_slice(&fp32_to_fp16(max_min / 63.0).to_le_bytes());
+
+    // Requantize against the rounded scales; sub-blocks whose scale rounded
+    // to zero keep the search's levels.
+    let (d, dmin) = (f16_le(head), f16_le(&head[2..]));
+    let nmax = search.nmax;
+    for ((xs, ls), (sc, m)) in x
+        .chunks_exact(32)
+        .zip(levels.chunks_exact_mut(32))
+        .zip(scales_mins(&head[4..16]))
+    {
+        let dl = d * f32::from(sc);
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = dmin * f32::from(m);
+        for (l, &v) in ls.iter_mut().zip(xs) {
+            *l = nearest_int((v + dm) / dl).clamp(0, nmax) as u8;
+        }
+    }
+}
+
+pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), BYTES);
+    for (b, y) in src.chunks_exact(BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let (d, min) = (f16_le(b), f16_le(&b[2..]));
+        let q = unpack(&b[16..]);
+        for ((ys, qs), (sc, m)) in y
+            .chunks_exact_mut(32)
+            .zip(q.chunks_exact(32))
+            .zip(scales_mins(&b[4..16]))
+        {
+            let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
+            for (y, &q) in ys.iter_mut().zip(qs) {
+                *y = d1 * f32::from(q) - m1;
+            }
+        }
+    }
+}
+
+pub fn quantize_row_q4_k_ref(src: &[f32], dst: &mut [u8]) {
+    check(src.len(), dst.len(), BYTES);
+    let search = Qkx2 {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+        use_mad: false,
+    };
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BYTES)) {
+        let mut levels = [0u8; QK_K];
+        quantize_k4_head(x, &search, &mut b[..16], &mut levels);
+        for (c, q) in b[16..].chunks_exact_mut(32).enumerate() {
+            for (m, q) in q.iter_mut().enumerate() {
+                *q = levels[64 * c + m] | (levels[64 * c + m + 32] << 4);
+            }
+        }
+    }
+}
+
+/// The dot of one Q4_K / Q5_K block's quants with a Q8_K block, accumulated
+/// as ggml's AVX2 kernels do. Returns the mins term as the integer
+/// `sum_j min_j * (sum of the 32 q8 of sub-block j)` split in four lanes.
+pub(super) fn k4_block_dot(
+    acc: &mut Acc8,
+    d: f32,
+    q: &[i8; QK_K],
+    sm: &[(u8, u8); 8],
+    by: &[u8],
+) -> [i32; 4] {
+    let (_, q8, bsums) = q8_k_parts(by);
+    let scales = std::array::from_fn(|g| i32::from(sm[g / 2].0));
+    acc.fma_i32(d, &k_lanes(q, q8, &scales));
+    // _mm_hadd_epi16 of the bsums (wrapping), then madd with the mins.
+    let sums: [i32; 8] =
+        std::array::from_fn(|t| i32::from(bsums[2 * t].wrapping_add(bsums[2 * t + 1])));
+    std::array::from_fn(|u| {
+        i32::from(sm[2 * u].1) * sums[2 * u] + i32::from(sm[2 * u + 1].1) * sums[2 * u + 1]
+    })
+}
+
+/// ggml's x86 AVX2 `ggml_vec_dot_q4_K_q8_K`: scaled quant lanes in 8 f32
+/// lanes, the mins term (`dmin = -d8 * dmin`) in 4 more, each by FMA.
+pub fn vec_dot_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = Acc8::default();
+    let mut acc_m = [0f32; 4];
+    for (bx, by) in x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = crate::float::f32_le(by);
+        let d = d8 * f16_le(bx);
+        let dmin = -d8 * f16_le(&bx[2..]);
+        let prod = k4_block_dot(
+            &mut acc,
+            d,
+            &unpack(&bx[16..]),
+            &scales_mins(&bx[4..16]),
+            by,
+        );
+        for (a, &p) in acc_m.iter_mut().zip(&prod) {
+            *a = dmin.mul_add(p as f32, *a);
+        }
+    }
+    acc.hsum() + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+}

@@ -1,0 +1,278 @@
+//! ggml's block formats, bit-exact with the llama.cpp version Quarrel tracks.
+//!
+//! - [`dequantize_row`] and [`quantize_row`] match ggml-quants.c (the
+//!   `to_float` functions and the `quantize_row_*_ref` reference quantizers
+//!   used to write model files).
+//! - [`quantize_activation`] and [`vec_dot`] match what llama.cpp's CPU
+//!   backend runs on x86 built with AVX2 + FMA + F16C: its activation
+//!   quantizers round differently from the references (see
+//!   [`legacy::quantize_row_q8_0`]), and its dot kernels accumulate in eight
+//!   f32 lanes with FMAs, a summation order these scalar kernels reproduce so
+//!   that a SIMD port can be checked against them bit for bit.
+//!
+//! Everything here is scalar, safe code reading little-endian bytes.
+
+mod avx2;
+pub mod float;
+pub mod k_quants;
+pub mod legacy;
+
+pub use quarrel_gguf::GgmlType;
+
+/// Why a row could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("type {0} is not supported by quarrel-quant")]
+    Unsupported(GgmlType),
+    #[error("{ty}: {n} elements is not a whole number of {block}-element blocks")]
+    PartialBlock {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
+    #[error("{ty}: {n} elements take {expected} bytes, got {actual}")]
+    ByteLength {
+        ty: GgmlType,
+        n: usize,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+/// Types this crate can dequantize / compute with.
+pub fn is_supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16
+            | Bf16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2K
+            | Q3K
+            | Q4K
+            | Q5K
+            | Q6K
+            | Q8K
+    )
+}
+
+/// Checks that `n` elements of `ty` fill whole blocks taking `bytes` bytes.
+fn check_row(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
+    if !is_supported(ty) {
+        return Err(QuantError::Unsupported(ty));
+    }
+    let block = ty.block_size();
+    if n % block != 0 {
+        return Err(QuantError::PartialBlock { ty, n, block });
+    }
+    let expected = n / block * ty.type_size();
+    if bytes != expected {
+        return Err(QuantError::ByteLength {
+            ty,
+            n,
+            expected,
+            actual: bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Dequantize `dst.len()` elements from `src` (exactly row_bytes(dst.len()) bytes).
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    check_row(ty, dst.len(), src.len())?;
+    use GgmlType::*;
+    let f = match ty {
+        F32 => float::f32_row_from_le,
+        F16 => float::fp16_to_fp32_row,
+        Bf16 => float::bf16_to_fp32_row,
+        Q4_0 => legacy::dequantize_row_q4_0,
+        Q4_1 => legacy::dequantize_row_q4_1,
+        Q5_0 => legacy::dequantize_row_q5_0,
+        Q5_1 => legacy::dequantize_row_q5_1,
+        Q8_0 => legacy::dequantize_row_q8_0,
+        Q8_1 => legacy::dequantize_row_q8_1,
+        Q2K => k_quants::dequantize_row_q2_k,
+        Q3K => k_quants::dequantize_row_q3_k,
+        Q4K => k_quants::dequantize_row_q4_k,
+        Q5K => k_quants::dequantize_row_q5_k,
+        Q6K => k_quants::dequantize_row_q6_k,
+        Q8K => k_quants::dequantize_row_q8_k,
+        _ => unreachable!("checked by check_row"),
+    };
+    f(src, dst);
+    Ok(())
+}
+
+/// Quantize (reference quality, as ggml's quantize_row_*_ref) `src` into `dst` (row_bytes(src.len()) bytes).
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    check_row(ty, src.len(), dst.len())?;
+    use GgmlType::*;
+    let f = match ty {
+        F32 => float::f32_row_to_le,
+        F16 => float::fp32_to_fp16_row,
+        Bf16 => float::fp32_to_bf16_row,
+        Q4_0 => legacy::quantize_row_q4_0_ref,
+        Q4_1 => legacy::quantize_row_q4_1_ref,
+        Q5_0 => legacy::quantize_row_q5_0_ref,
+        Q5_1 => legacy::quantize_row_q5_1_ref,
+        Q8_0 => legacy::quantize_row_q8_0_ref,
+        Q8_1 => legacy::quantize_row_q8_1_ref,
+        Q2K => k_quants::quantize_row_q2_k_ref,
+        Q3K => k_quants::quantize_row_q3_k_ref,
+        Q4K => k_quants::quantize_row_q4_k_ref,
+        Q5K => k_quants::quantize_row_q5_k_ref,
+        Q6K => k_quants::quantize_row_q6_k_ref,
+        Q8K => k_quants::quantize_row_q8_k_ref,
+        _ => unreachable!("checked by check_row"),
+    };
+    f(src, dst);
+    Ok(())
+}
+
+/// ggml's vec_dot_type: the type activations are quantized to for a dot with weights of `ty`
+/// (Q4_0/Q5_0/Q8_0 -> Q8_0, Q4_1/Q5_1 -> Q8_1, K-quants -> Q8_K, F16 -> F16, BF16 -> BF16, F32 -> F32).
+///
+/// Follows ggml's CPU type table for every type, supported or not (the
+/// i-quants and ternary types pair with Q8_K, IQ4_NL and MXFP4 with Q8_0);
+/// integer and f64 types, which ggml does not multiply, map to themselves.
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | Iq4Nl | Mxfp4 => Q8_0,
+        Q4_1 | Q5_1 | Q8_1 => Q8_1,
+        Q2K | Q3K | Q4K | Q5K | Q6K | Q8K | Iq2Xxs | Iq2Xs | Iq3Xxs | Iq1S | Iq3S | Iq2S
+        | Iq4Xs | Iq1M | Tq1_0 | Tq2_0 => Q8K,
+        F32 | F16 | Bf16 | I8 | I16 | I32 | I64 | F64 => ty,
+    }
+}
+
+/// Quantize an activation row to vec_dot_type(weight_ty), exactly as ggml's CPU backend does on x86
+/// (AVX2 build).
+///
+/// Findings (llama.cpp's x86 `quantize_row_q8_0` / `quantize_row_q8_1` vs the
+/// `_ref` versions): the AVX path multiplies by `127 / amax` instead of
+/// `1 / (amax / 127)`, rounds with `_mm256_round_ps` (half to even) instead
+/// of `roundf` (half away from zero), saturates through `packs`, and for
+/// Q8_1 computes `s` from the pre-saturation integer sum; d and s are
+/// converted by F16C. On random data the two agree almost always, but every
+/// exact .5 tie differs. Q8_K has no x86 SIMD quantizer: the CPU backend runs
+/// `quantize_row_q8_K_ref`, whose `nearest_int` already rounds half to even.
+/// F16 activations use F16C (differs from the reference only in NaN payloads);
+/// BF16 uses the same rounding as the reference.
+pub fn quantize_activation(
+    weight_ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let ty = vec_dot_type(weight_ty);
+    check_row(ty, src.len(), dst.len())?;
+    use GgmlType::*;
+    let f = match ty {
+        F32 => float::f32_row_to_le,
+        F16 => float::cpu_fp32_to_fp16,
+        Bf16 => float::fp32_to_bf16_row,
+        Q8_0 => legacy::quantize_row_q8_0,
+        Q8_1 => legacy::quantize_row_q8_1,
+        Q8K => k_quants::quantize_row_q8_k_ref,
+        _ => return Err(QuantError::Unsupported(weight_ty)),
+    };
+    f(src, dst);
+    Ok(())
+}
+
+/// Dot product of one weight row (`n` elements, type `ty`) with one activation row already quantized to
+/// vec_dot_type(ty), as ggml's `ggml_vec_dot_<ty>_<vec_dot_type>` (integer sums per block, then scaled in f32).
+///
+/// Reproduces the x86 AVX2 + FMA kernels bit for bit: per-block integer
+/// sums in eight lanes, f32 FMA accumulation per lane, ggml's horizontal
+/// reduction tree, and the FMA contractions GCC applies to their scalar parts.
+///
+/// # Panics
+/// If `ty` has no ggml dot kernel here (unsupported types, and Q8_1 / Q8_K,
+/// which are only activation formats) or the slices do not hold `n` elements.
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    use GgmlType::*;
+    let f = match ty {
+        F32 => float::vec_dot_f32,
+        F16 => float::vec_dot_f16,
+        Bf16 => float::vec_dot_bf16,
+        Q4_0 => legacy::vec_dot_q4_0_q8_0,
+        Q4_1 => legacy::vec_dot_q4_1_q8_1,
+        Q5_0 => legacy::vec_dot_q5_0_q8_0,
+        Q5_1 => legacy::vec_dot_q5_1_q8_1,
+        Q8_0 => legacy::vec_dot_q8_0_q8_0,
+        Q2K => k_quants::vec_dot_q2_k_q8_k,
+        Q3K => k_quants::vec_dot_q3_k_q8_k,
+        Q4K => k_quants::vec_dot_q4_k_q8_k,
+        Q5K => k_quants::vec_dot_q5_k_q8_k,
+        Q6K => k_quants::vec_dot_q6_k_q8_k,
+        _ => panic!("no vec_dot for {ty}"),
+    };
+    f(n, w, act)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vec_dot_types_follow_ggml() {
+        use GgmlType::*;
+        for (w, a) in [
+            (Q4_0, Q8_0),
+            (Q5_0, Q8_0),
+            (Q8_0, Q8_0),
+            (Q4_1, Q8_1),
+            (Q5_1, Q8_1),
+            (Q2K, Q8K),
+            (Q3K, Q8K),
+            (Q4K, Q8K),
+            (Q5K, Q8K),
+            (Q6K, Q8K),
+            (F16, F16),
+            (Bf16, Bf16),
+            (F32, F32),
+        ] {
+            assert_eq!(vec_dot_type(w), a, "{w}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_lengths_and_unsupported_types() {
+        let mut out = [0f32; 32];
+        assert!(matches!(
+            dequantize_row(GgmlType::Q4_0, &[0; 17], &mut out),
+            Err(QuantError::ByteLength {
+                expected: 18,
+                actual: 17,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dequantize_row(GgmlType::Q4K, &[0; 144], &mut out),
+            Err(QuantError::PartialBlock { block: 256, .. })
+        ));
+        assert!(matches!(
+            quantize_row(GgmlType::Iq4Xs, &[0.0; 256], &mut [0; 136]),
+            Err(QuantError::Unsupported(GgmlType::Iq4Xs))
+        ));
+        assert!(matches!(
+            quantize_activation(GgmlType::I32, &[0.0; 4], &mut [0; 16]),
+            Err(QuantError::Unsupported(GgmlType::I32))
+        ));
+        // All-ones block: q = 127, d = f16(1 / 127); each of the 8 lanes
+        // holds 4 * 127^2 and the reduction only doubles.
+        let mut act = [0u8; 34];
+        quantize_activation(GgmlType::Q5_0, &[1.0; 32], &mut act).unwrap();
+        let d = half::f16::from_f32(1.0 / 127.0).to_f32();
+        assert_eq!(
+            vec_dot(GgmlType::Q8_0, 32, &act, &act),
+            8.0 * (d * d * 64516.0)
+        );
+    }
+}
