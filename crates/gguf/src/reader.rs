@@ -393,7 +393,7 @@ impl<'a> Parser<'a> {
             let row_len = dims.first().copied().unwrap_or(1);
             let size = match n_elements {
                 Some(n) if n < (1 << 62) => ty.row_bytes(row_len).and_then(|row| {
-                    let rows = if row_len == 0 { 0 } else { n / row_len };
+                    let rows = n.checked_div(row_len).unwrap_or(0);
                     row.checked_mul(rows)
                 }),
                 _ => None,
