@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use quarrel_model::ActivationSink;
 
@@ -31,7 +31,7 @@ impl NpyDump {
 }
 
 /// NumPy format 1.0: magic, header length, a padded dict, raw data.
-fn write_npy(path: &PathBuf, rows: usize, cols: usize, data: &[f32]) -> std::io::Result<()> {
+pub fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) -> std::io::Result<()> {
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     let total = 10 + header.len() + 1;

@@ -31,6 +31,10 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Measure perplexity on a text file, as llama-perplexity does.
     Perplexity(commands::perplexity::PerplexityArgs),
+    /// Write the logits of every position of a token sequence (.npy).
+    Logits(commands::logits::LogitsArgs),
+    /// Write a synthetic GGUF model at a real model's shapes.
+    Synth(commands::synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Some(Command::Tokenize(a)) => commands::tokenize::run(a),
         Some(Command::Inspect(a)) => commands::inspect::run(a),
         Some(Command::Perplexity(a)) => commands::perplexity::run(a),
+        Some(Command::Logits(a)) => commands::logits::run(a),
+        Some(Command::Synth(a)) => commands::synth::run(a),
         // Bare `quarrel`: a short generation with the default model.
         None => commands::run::run(commands::run::RunArgs::demo()),
     };

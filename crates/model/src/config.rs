@@ -210,9 +210,11 @@ impl ModelConfig {
             Some(other) => return Err(ModelError::Unsupported(format!("rope scaling {other:?}"))),
         };
 
-        // llama.cpp honours the sliding window for Gemma 3 (five local layers
-        // to one global) and ignores it for llama and phi3 files; Mistral
-        // applies it on every layer.
+        // Gemma 3 alternates five windowed layers with one global layer.
+        // Mistral-style llama files window every layer, as the model was
+        // trained (llama.cpp ignores their window: identical results within
+        // it, 4096 tokens for Mistral 7B). Phi-3's window is ignored, as
+        // llama.cpp does, since its files do not describe it correctly.
         let window = meta
             .get_u64(&key(a, "attention.sliding_window"))
             .unwrap_or(0) as usize;
@@ -227,7 +229,7 @@ impl ModelConfig {
                     (0..n_layer).map(|il| il % pattern < pattern - 1).collect(),
                 )
             }
-            Arch::Mistral if window > 0 => (window, vec![true; n_layer]),
+            Arch::Llama | Arch::Mistral if window > 0 => (window, vec![true; n_layer]),
             _ => (0, vec![false; n_layer]),
         };
 

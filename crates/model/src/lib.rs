@@ -7,6 +7,7 @@ pub mod config;
 pub mod model;
 pub mod sampler;
 pub mod session;
+pub mod synth;
 pub mod weights;
 
 pub use backend::{AttnParams, Backend, RopeParams, SeqRows};

@@ -1,7 +1,9 @@
 pub mod chat;
 pub mod inspect;
+pub mod logits;
 pub mod perplexity;
 pub mod run;
+pub mod synth;
 pub mod tokenize;
 
 use clap::{Args, ValueEnum};

@@ -82,3 +82,48 @@ pub fn quarrel_fails(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Reads a 2-D little-endian f32 .npy file (format 1.0, C order).
+pub fn read_npy_f32(path: &std::path::Path) -> (usize, usize, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not .npy", path.display());
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(
+        header.contains("'<f4'") && header.contains("False"),
+        "{header}"
+    );
+    let shape = &header[header.find("'shape': (").unwrap() + 10..];
+    let dims: Vec<usize> = shape[..shape.find(')').unwrap()]
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(data.len(), dims.iter().product::<usize>());
+    (dims[0], dims.get(1).copied().unwrap_or(1), data)
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("quarrel-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `quarrel ARGS` expecting success, ignoring stdout.
+pub fn quarrel_ok(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
+        .args(args)
+        .output()
+        .expect("run quarrel");
+    assert!(
+        out.status.success(),
+        "quarrel {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

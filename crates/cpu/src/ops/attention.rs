@@ -1,16 +1,16 @@
 //! Attention over the f16 KV cache with an online softmax.
 //!
 //! Two numeric paths, as in ggml's CPU flash attention (greedy text can
-//! hinge on such details): batches of fewer than 64 queries round Q to f16
-//! and accumulate V·softmax in f16, one key at a time; larger batches work
-//! in f32, 64 keys per tile.
+//! hinge on such details, see ggml_math): batches of fewer than 64 queries
+//! round Q to f16 and accumulate V·softmax in f16, one key at a time;
+//! larger batches work in f32, 64 keys per tile.
 
 use half::f16;
 use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
 use rayon::prelude::*;
 
-use crate::ops::ggml_math::dot_f16;
+use crate::ops::ggml_math::{dot_f16, expf};
 use crate::tensor::{CpuKvCache, CpuTensor};
 
 /// Queries per batch from which the f32 tiled path is used.
@@ -120,27 +120,28 @@ impl HeadCtx<'_> {
         }
     }
 
-    /// ggml's tiled path: f32 throughout, softmax per tile of 64 keys
-    /// aligned to absolute cache positions.
+    /// ggml's tiled path: f32 throughout, 64 keys per tile aligned to
+    /// absolute cache positions: Q·K as a sequential FMA chain, the tile's
+    /// softmax with ggml's vector expf summed 8 lanes at a time into f64,
+    /// then V accumulated by FMA key after key.
     fn attend_f32(&self, q: &[f32], vis: &Visible<'_>, out: &mut [f32]) {
         let mut acc = [0f32; MAX_HEAD_DIM];
         let acc = &mut acc[..self.p.head_dim_v];
         let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
-        let mut scores = [0f32; TILE_KV];
         let mut start = vis.lo / TILE_KV * TILE_KV;
         while start <= vis.pos {
-            let end = (start + TILE_KV).min(vis.pos + 1);
+            // Masked keys of the tile keep -inf and weigh exactly zero.
+            let mut probs = [f32::NEG_INFINITY; TILE_KV];
             let first = start.max(vis.lo);
-            let tile = &mut scores[..end - first];
-            for (sc, &slot) in tile.iter_mut().zip(&vis.slots[first..end]) {
-                let dot: f32 = q
+            let end = (start + TILE_KV).min(vis.pos + 1);
+            for j in first..end {
+                let dot = q
                     .iter()
-                    .zip(self.key(slot))
-                    .map(|(a, b)| a * b.to_f32())
-                    .sum();
-                *sc = dot * self.p.kq_scale;
+                    .zip(self.key(vis.slots[j]))
+                    .fold(0.0f32, |a, (&q, k)| k.to_f32().mul_add(q, a));
+                probs[j - start] = dot * self.p.kq_scale;
             }
-            let tile_max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let tile_max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let m_new = m.max(tile_max);
             if m_new > m {
                 let ms = (m - m_new).exp();
@@ -149,14 +150,19 @@ impl HeadCtx<'_> {
             }
             m = m_new;
             let mut tile_sum = 0.0f64;
-            for sc in tile.iter_mut() {
-                *sc = (*sc - m).exp();
-                tile_sum += *sc as f64;
+            for group in probs.chunks_exact_mut(8) {
+                for p in group.iter_mut() {
+                    *p = expf(*p - m);
+                }
+                let g = &*group;
+                let sum8 = ((g[4] + g[0]) + (g[6] + g[2])) + ((g[5] + g[1]) + (g[7] + g[3]));
+                tile_sum += sum8 as f64;
             }
-            s += tile_sum as f32;
-            for (&pr, &slot) in tile.iter().zip(&vis.slots[first..end]) {
-                for (a, v) in acc.iter_mut().zip(self.value(slot)) {
-                    *a += pr * v.to_f32();
+            s = (s as f64 + tile_sum) as f32;
+            for j in first..end {
+                let p = probs[j - start];
+                for (a, v) in acc.iter_mut().zip(self.value(vis.slots[j])) {
+                    *a = v.to_f32().mul_add(p, *a);
                 }
             }
             start += TILE_KV;

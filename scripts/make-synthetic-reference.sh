@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Regenerate llama.cpp's logits for the synthetic test models
+# (crates/cli/tests/data/synthetic/*.npy). Needs a local llama.cpp build
+# (bench/build-llamacpp.sh) and its Python bindings from the pinned sources.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src=${LLAMACPP_SRC:-/work/cache/llamacpp/llama_cpp_python-0.3.36}
+lib=${LLAMACPP_LIB:-/work/cache/llamacpp/build/bin}
+out=crates/cli/tests/data/synthetic
+mkdir -p "$out"
+cargo build -p quarrel
+tmp=$(mktemp -d)
+for preset in tiny-llama tiny-llama3 tiny-mistral tiny-phi3 tiny-qwen2 tiny-gemma3; do
+  target/debug/quarrel synth --preset "$preset" --type q8_0 -o "$tmp/$preset.gguf"
+  PYTHONPATH="$src" LLAMA_CPP_LIB_PATH="$lib" \
+    python3 scripts/compare-logits.py "$tmp/$preset.gguf" --save "$out/$preset-q8_0.npy"
+done
+rm -rf "$tmp"
