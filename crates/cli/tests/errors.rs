@@ -36,7 +36,15 @@ fn model_file(name: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> String {
     let path = dir.join("m.gguf");
     let p = path.to_str().unwrap().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
-        .args(["synth", "--preset", "tiny-llama", "--type", "q4_0", "-o", &p])
+        .args([
+            "synth",
+            "--preset",
+            "tiny-llama",
+            "--type",
+            "q4_0",
+            "-o",
+            &p,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -53,7 +61,10 @@ fn write_gguf(name: &str, w: &GgufWriter) -> String {
 
 #[test]
 fn missing_model_and_default_model() {
-    fails_with(&["run", "-m", "/nonexistent/x.gguf", "-p", "hi"], "/nonexistent/x.gguf");
+    fails_with(
+        &["run", "-m", "/nonexistent/x.gguf", "-p", "hi"],
+        "/nonexistent/x.gguf",
+    );
     fails_with(&["run", "-p", "hi"], "scripts/fetch-models.sh");
 }
 
@@ -72,7 +83,10 @@ fn unknown_architecture_and_block_type() {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("mamba9".into()));
     let p = write_gguf("arch", &w);
-    fails_with(&["run", "-m", &p, "-p", "hi"], "unknown architecture \"mamba9\"");
+    fails_with(
+        &["run", "-m", &p, "-p", "hi"],
+        "unknown architecture \"mamba9\"",
+    );
 
     // A valid file whose matrices use a block type we cannot compute with.
     let p = model_file("iq", |mut b| {
@@ -105,17 +119,28 @@ fn missing_tensor_is_named() {
     ] {
         w.set(k, v);
     }
-    w.add_tensor("token_embd.weight", GgmlType::F32, &[32, 8], vec![0; 32 * 8 * 4])
-        .unwrap();
+    w.add_tensor(
+        "token_embd.weight",
+        GgmlType::F32,
+        &[32, 8],
+        vec![0; 32 * 8 * 4],
+    )
+    .unwrap();
     let p = write_gguf("missing", &w);
-    fails_with(&["run", "-m", &p, "-p", "hi"], "missing tensor \"output_norm.weight\"");
+    fails_with(
+        &["run", "-m", &p, "-p", "hi"],
+        "missing tensor \"output_norm.weight\"",
+    );
 }
 
 #[test]
 fn prompt_longer_than_the_context() {
     let p = model_file("ctx", |b| b);
     let long = "word ".repeat(200);
-    fails_with(&["run", "-m", &p, "-c", "64", "-p", &long, "-n", "4"], "does not fit the context");
+    fails_with(
+        &["run", "-m", &p, "-c", "64", "-p", &long, "-n", "4"],
+        "does not fit the context",
+    );
 }
 
 #[test]
@@ -123,6 +148,9 @@ fn bad_arguments() {
     let (code, err) = run(&["run", "--temp", "hot", "-p", "x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value 'hot'"), "{err}");
-    fails_with(&["synth", "--preset", "nope", "-o", "/tmp/x"], "unknown preset \"nope\"");
+    fails_with(
+        &["synth", "--preset", "nope", "-o", "/tmp/x"],
+        "unknown preset \"nope\"",
+    );
     fails_with(&["frobnicate"], "unrecognized subcommand");
 }

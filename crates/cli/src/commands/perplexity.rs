@@ -1,9 +1,10 @@
 //! `quarrel perplexity`: llama-perplexity's method and figure. The text is
 //! tokenized (with BOS if the model adds it) and cut into non-overlapping
 //! chunks of the context size; each chunk starts from BOS and only its
-//! second half is scored. `--save-logits` writes the scored log-probability
-//! rows (f16) so a later run can report KL divergence and top-1 agreement
-//! against it (another backend, quantization or build).
+//! second half is scored. `--save-logits` writes, for each scored position,
+//! the most likely token and the log-probabilities (f16), so a later run can
+//! report KL divergence and top-1 agreement against it (another backend,
+//! quantization or build).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -77,6 +78,10 @@ fn write_header(w: &mut impl Write, h: &Header) -> std::io::Result<()> {
         w.write_all(&t.to_le_bytes())?;
     }
     Ok(())
+}
+
+fn argmax(v: &[f64]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
 }
 
 fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
@@ -186,30 +191,25 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             nll += lp;
             nll2 += lp * lp;
             count += 1;
+            let best = argmax(&logprobs);
             if let Some(w) = save.as_mut() {
                 for (dst, &l) in row16.chunks_exact_mut(2).zip(&logprobs) {
                     dst.copy_from_slice(&f16::from_f64(l).to_le_bytes());
                 }
+                w.write_all(&(best as u32).to_le_bytes())?;
                 w.write_all(&row16)?;
             }
             if let Some(r) = base.as_mut() {
+                let base_best = read_u32(r)? as usize;
                 r.read_exact(&mut row16)?;
-                let (mut kld, mut best_p, mut best_q) = (0.0f64, 0usize, 0usize);
-                for (j, b) in row16.chunks_exact(2).enumerate() {
+                let mut kld = 0.0f64;
+                for (b, &lp) in row16.chunks_exact(2).zip(&logprobs) {
                     let lp_base = f16::from_le_bytes([b[0], b[1]]).to_f64();
-                    let p = lp_base.exp();
-                    kld += p * (lp_base - logprobs[j]);
-                    let base_best = f16::from_le_bytes([row16[2 * best_p], row16[2 * best_p + 1]]);
-                    if lp_base > base_best.to_f64() {
-                        best_p = j;
-                    }
-                    if logprobs[j] > logprobs[best_q] {
-                        best_q = j;
-                    }
+                    kld += lp_base.exp() * (lp_base - lp);
                 }
                 kld_sum += kld;
                 kld_max = kld_max.max(kld);
-                top1_same += usize::from(best_p == best_q);
+                top1_same += usize::from(base_best == best);
             }
         }
         if args.format == Format::Text {
