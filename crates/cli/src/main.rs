@@ -35,6 +35,8 @@ enum Command {
     Logits(commands::logits::LogitsArgs),
     /// Write a synthetic GGUF model at a real model's shapes.
     Synth(commands::synth::SynthArgs),
+    /// Measure prompt and generation throughput, as llama-bench does.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Some(Command::Perplexity(a)) => commands::perplexity::run(a),
         Some(Command::Logits(a)) => commands::logits::run(a),
         Some(Command::Synth(a)) => commands::synth::run(a),
+        Some(Command::Bench(a)) => commands::bench::run(a),
         // Bare `quarrel`: a short generation with the default model.
         None => commands::run::run(commands::run::RunArgs::demo()),
     };
