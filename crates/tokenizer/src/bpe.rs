@@ -1,8 +1,10 @@
 //! Byte-level BPE merging (llama.cpp's `llm_tokenizer_bpe_session`).
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::ops::Range;
+
+use crate::merge::merge_pieces;
 
 /// Merge ranks, looked up by the two sides' text.
 pub(crate) struct Merges {
@@ -44,94 +46,8 @@ impl Merges {
     /// Merges the characters of `word` by rank and returns the final symbols
     /// as byte ranges of `word`.
     pub(crate) fn apply(&self, word: &str) -> Vec<Range<usize>> {
-        let mut syms: Vec<Symbol> = word
-            .char_indices()
-            .map(|(start, c)| Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: None,
-                next: None,
-            })
-            .collect();
-        let n = syms.len();
-        for (i, s) in syms.iter_mut().enumerate() {
-            s.prev = i.checked_sub(1);
-            s.next = (i + 1 < n).then_some(i + 1);
-        }
-
-        let mut queue = BinaryHeap::new();
-        let push = |queue: &mut BinaryHeap<Candidate>, syms: &[Symbol], l: usize, r: usize| {
-            let (a, b) = (&syms[l], &syms[r]);
-            let left = &word[a.start..a.start + a.len];
-            let right = &word[b.start..b.start + b.len];
-            if let Some(rank) = self.rank(left, right) {
-                queue.push(Candidate {
-                    rank,
-                    left: l,
-                    right: r,
-                    size: a.len + b.len,
-                });
-            }
-        };
-        for i in 1..n {
-            push(&mut queue, &syms, i - 1, i);
-        }
-        while let Some(c) = queue.pop() {
-            let (l, r) = (c.left, c.right);
-            // A candidate is stale once either side changed; sides only grow
-            // or vanish, so comparing sizes is enough (llama.cpp compares the
-            // text, which is equivalent).
-            if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != c.size {
-                continue;
-            }
-            syms[l].len += syms[r].len;
-            syms[r].len = 0;
-            syms[l].next = syms[r].next;
-            if let Some(next) = syms[r].next {
-                syms[next].prev = Some(l);
-            }
-            if let Some(prev) = syms[l].prev {
-                push(&mut queue, &syms, prev, l);
-            }
-            if let Some(next) = syms[l].next {
-                push(&mut queue, &syms, l, next);
-            }
-        }
-        syms.iter()
-            .filter(|s| s.len > 0)
-            .map(|s| s.start..s.start + s.len)
-            .collect()
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    /// 0 once merged into its left neighbour.
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// A possible merge; the lowest rank, then the leftmost, goes first.
-#[derive(PartialEq, Eq)]
-struct Candidate {
-    rank: u32,
-    left: usize,
-    right: usize,
-    size: usize,
-}
-
-impl Ord for Candidate {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap pops the greatest, so reverse.
-        Reverse((self.rank, self.left)).cmp(&Reverse((other.rank, other.left)))
-    }
-}
-
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+        // The lowest rank merges first.
+        merge_pieces(word, |l, r| self.rank(&word[l], &word[r]).map(Reverse))
     }
 }
 

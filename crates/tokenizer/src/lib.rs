@@ -10,6 +10,7 @@
 mod bpe;
 pub mod chat;
 mod cxx_sort;
+mod merge;
 mod pretokenize;
 mod spm;
 mod stream;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Parser};
 use quarrel_cpu::CpuBackend;
 use quarrel_model::sampler::log_softmax;
 use quarrel_model::{ActivationSink, Backend, Sampler, Session};
@@ -48,32 +48,13 @@ pub struct RunArgs {
 impl RunArgs {
     /// What bare `quarrel` runs: a short greedy answer from the default model.
     pub fn demo() -> Self {
-        RunArgs {
-            engine: EngineArgs {
-                model: None,
-                threads: 0,
-                ctx_size: 4096,
-                ubatch: 512,
-            },
-            prompt: "Write a Rust function that checks whether a number is prime.".into(),
-            n_predict: 128,
-            sampling: SamplingArgs {
-                temperature: 0.0,
-                top_k: 40,
-                top_p: 0.95,
-                min_p: 0.05,
-                repeat_penalty: 1.0,
-                presence_penalty: 0.0,
-                frequency_penalty: 0.0,
-                repeat_last_n: 64,
-                seed: 0,
-            },
-            chat: true,
-            format: Format::Text,
-            ignore_eos: false,
-            top_logprobs: 0,
-            dump_activations: None,
+        #[derive(clap::Parser)]
+        struct Demo {
+            #[command(flatten)]
+            run: RunArgs,
         }
+        let prompt = "Write a Rust function that checks whether a number is prime.";
+        Demo::parse_from(["quarrel", "--chat", "--temp", "0", "-p", prompt]).run
     }
 }
 

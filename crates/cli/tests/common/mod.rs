@@ -51,8 +51,8 @@ pub fn reference(name: &str) -> Reference {
     }
 }
 
-/// Runs `quarrel ARGS`, expecting success and one JSON object on stdout.
-pub fn quarrel(args: &[&str]) -> Value {
+/// Runs `quarrel ARGS`, expecting success; returns stdout.
+fn run_ok(args: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
         .args(args)
         .output()
@@ -62,10 +62,16 @@ pub fn quarrel(args: &[&str]) -> Value {
         "quarrel {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    out.stdout
+}
+
+/// Runs `quarrel ARGS`, expecting success and one JSON object on stdout.
+pub fn quarrel(args: &[&str]) -> Value {
+    let stdout = run_ok(args);
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| {
         panic!(
             "quarrel {args:?}: bad JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     })
 }
@@ -117,13 +123,5 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 
 /// Runs `quarrel ARGS` expecting success, ignoring stdout.
 pub fn quarrel_ok(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
-        .args(args)
-        .output()
-        .expect("run quarrel");
-    assert!(
-        out.status.success(),
-        "quarrel {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(args);
 }
