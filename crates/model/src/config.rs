@@ -161,7 +161,7 @@ impl ModelConfig {
         let head_dim_v = meta
             .get_u64(&key(a, "attention.value_length"))
             .map_or(default_head_dim, |v| v as usize);
-        if head_dim_k == 0 || head_dim_v == 0 || head_dim_k % 2 != 0 {
+        if head_dim_k == 0 || head_dim_v == 0 || !head_dim_k.is_multiple_of(2) {
             return Err(ModelError::Invalid(format!(
                 "head dimensions {head_dim_k} (K) and {head_dim_v} (V)"
             )));
@@ -191,7 +191,7 @@ impl ModelConfig {
         let n_rot = meta
             .get_u64(&key(a, "rope.dimension_count"))
             .map_or(head_dim_k, |v| v as usize);
-        if n_rot > head_dim_k || n_rot % 2 != 0 {
+        if n_rot > head_dim_k || !n_rot.is_multiple_of(2) {
             return Err(ModelError::Invalid(format!(
                 "rope dimension {n_rot} for head dimension {head_dim_k}"
             )));

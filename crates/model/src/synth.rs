@@ -174,10 +174,11 @@ impl SynthType {
         let want = match self {
             SynthType::Uniform(t) => t,
             SynthType::Q4KM => {
+                // llama.cpp's use_more_bits: the first and last eighth of
+                // the layers, and every third one between.
                 let more_bits = |i: usize| {
-                    i < n_layer / 8
-                        || i >= 7 * n_layer / 8
-                        || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2)
+                    let first = n_layer / 8;
+                    i < first || i >= 7 * n_layer / 8 || (i - first) % 3 == 2
                 };
                 match (role, layer) {
                     ("output", _) => GgmlType::Q6K,
@@ -186,9 +187,9 @@ impl SynthType {
                 }
             }
         };
-        if row % want.block_size() == 0 {
+        if row.is_multiple_of(want.block_size()) {
             want
-        } else if row % 32 == 0 {
+        } else if row.is_multiple_of(32) {
             GgmlType::Q8_0
         } else {
             GgmlType::F16

@@ -30,7 +30,7 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         Format::Text => {
             for id in ids {
                 let piece = tok.token_to_piece(id);
-                println!("{id:>7} -> {:?}", String::from_utf8_lossy(&piece));
+                println!("{id:>7} -> {:?}", String::from_utf8_lossy(piece));
             }
         }
     }
