@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Regenerate llama.cpp's logits for the synthetic test models
 # (crates/cli/tests/data/synthetic/*.npy). Needs a local llama.cpp build
-# (bench/build-llamacpp.sh) and its Python bindings from the pinned sources.
+# (bench/build-llamacpp.sh makes it) and its Python bindings from the pinned
+# sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=${LLAMACPP_SRC:-/work/cache/llamacpp/llama_cpp_python-0.3.36}
-lib=${LLAMACPP_LIB:-/work/cache/llamacpp/build/bin}
+lib=$(bench/build-llamacpp.sh cpu | tail -1)
+cache=${LLAMACPP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/quarrel/llamacpp}
+src="$cache/llama_cpp_python-0.3.36"
+python3 -m pip install --quiet gguf numpy diskcache
 out=crates/cli/tests/data/synthetic
 mkdir -p "$out"
 cargo build -p quarrel

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# CPU throughput: quarrel bench against llama.cpp's llama-bench on the same
+# GGUF files and thread count, alternating engine by engine for R rounds,
+# then a ratio table of medians. One benchmark at a time: run it on an idle
+# machine.
+#   bench/vs-llamacpp.sh [-t THREADS] [-r ROUNDS] [-p N_PROMPT] [-n N_GEN] MODEL.gguf...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=$(nproc); rounds=3; pp=512; tg=128
+while getopts "t:r:p:n:" o; do
+  case $o in t) threads=$OPTARG ;; r) rounds=$OPTARG ;; p) pp=$OPTARG ;; n) tg=$OPTARG ;; *) exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || { echo "usage: $0 [-t T] [-r R] [-p N] [-n N] MODEL.gguf..." >&2; exit 2; }
+bin=$(bench/build-llamacpp.sh cpu | tail -1)
+cargo build --release --bin quarrel >&2
+out=$(mktemp -d)
+for r in $(seq "$rounds"); do
+  for m in "$@"; do
+    name=$(basename "$m" .gguf)
+    echo "round $r: $name" >&2
+    "$bin/llama-bench" -m "$m" -t "$threads" -p "$pp" -n "$tg" -r 3 -o json > "$out/llama-$name-$r.json"
+    target/release/quarrel bench -m "$m" -t "$threads" -p "$pp" -n "$tg" -r 3 -o json > "$out/quarrel-$name-$r.json"
+  done
+done
+python3 - "$out" "$@" <<'PY'
+import json, os, statistics, sys
+out, models = sys.argv[1], sys.argv[2:]
+print("| model | test | llama.cpp t/s | quarrel t/s | ratio |")
+print("|---|---|--:|--:|--:|")
+for m in models:
+    name = os.path.basename(m)[:-5]
+    rows = {}
+    for eng in ("llama", "quarrel"):
+        for f in sorted(os.listdir(out)):
+            if f.startswith(f"{eng}-{name}-"):
+                for r in json.load(open(os.path.join(out, f))):
+                    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+                    rows.setdefault((test, eng), []).append(r["avg_ts"])
+    for test in sorted({t for t, _ in rows}):
+        a = statistics.median(rows[(test, "llama")])
+        b = statistics.median(rows[(test, "quarrel")])
+        print(f"| {name} | {test} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
+PY
+rm -rf "$out"
