@@ -8,7 +8,7 @@ use half::f16;
 use quarrel_model::FfnActivation;
 use rayon::prelude::*;
 
-use crate::ops::ggml_math::silu;
+use crate::ops::ggml_math::swiglu;
 use crate::tensor::CpuTensor;
 
 const GELU_COEF_A: f32 = 0.044715;
@@ -54,11 +54,7 @@ pub fn glu(gate: &CpuTensor, up: Option<&CpuTensor>, act: FfnActivation, out: &m
             let g = &gate.data[r * gate.cols..][..n_ff];
             let u = &up_data[r * up_cols + up_offset..][..n_ff];
             match act {
-                FfnActivation::SwiGlu => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = silu(g) * u;
-                    }
-                }
+                FfnActivation::SwiGlu => swiglu(o, g, u),
                 FfnActivation::GeGlu => {
                     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                         *o = gelu(g, table) * u;

@@ -10,7 +10,7 @@ use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
 use rayon::prelude::*;
 
-use crate::ops::ggml_math::{dot_f16, expf};
+use crate::ops::ggml_math::{dot_f16, expf, mad_f16, mad_f32_f16, scale_f16};
 use crate::tensor::{CpuKvCache, CpuTensor};
 
 /// Queries per batch from which the f32 tiled path is used.
@@ -103,15 +103,11 @@ impl HeadCtx<'_> {
             if score > m {
                 ms = (m - score).exp();
                 m = score;
-                for a in acc.iter_mut() {
-                    *a = f16::from_f32(a.to_f32() * ms);
-                }
+                scale_f16(acc, ms);
             } else {
                 vs = (score - m).exp();
             }
-            for (a, v) in acc.iter_mut().zip(self.value(slot)) {
-                *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32()));
-            }
+            mad_f16(acc, self.value(slot), vs);
             s = s.mul_add(ms, vs);
         }
         let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
@@ -160,10 +156,7 @@ impl HeadCtx<'_> {
             }
             s = (s as f64 + tile_sum) as f32;
             for j in first..end {
-                let p = probs[j - start];
-                for (a, v) in acc.iter_mut().zip(self.value(vis.slots[j])) {
-                    *a = v.to_f32().mul_add(p, *a);
-                }
+                mad_f32_f16(acc, self.value(vis.slots[j]), probs[j - start]);
             }
             start += TILE_KV;
         }
