@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::ops::ggml_math::{dot_f16, expf, mad_f16, mad_f32_f16, scale_f16};
 use crate::tensor::{CpuKvCache, CpuTensor};
 
-/// Queries per batch from which the f32 tiled path is used.
+/// Queries of one sequence from which the f32 tiled path is used.
 const TILE_Q: usize = 64;
 const TILE_KV: usize = 64;
 
@@ -181,13 +181,16 @@ pub fn attention(
 ) {
     store_kv(k, v, cache, layer, positions, seqs);
     out.rows = q.rows;
-    let f32_path = q.rows >= TILE_Q;
     let group = p.n_head / p.n_head_kv;
     let (k_cache, v_cache) = (&cache.k[layer][..], &cache.v[layer][..]);
     let (k_dim, v_dim) = (cache.k_dim, cache.v_dim);
     let q_cols = q.cols;
     for seq in seqs {
         let rows = seq.rows.clone();
+        // The path follows the sequence's own rows, as llama.cpp's follows
+        // the batch of a lone sequence, so a sequence's numbers do not
+        // depend on what else shares the batch.
+        let f32_path = rows.len() >= TILE_Q;
         let out_rows = &mut out.data[rows.start * out.cols..rows.end * out.cols];
         out_rows
             .par_chunks_mut(p.head_dim_v)
