@@ -44,6 +44,15 @@ pub(crate) fn max_ps(a: f32, b: f32) -> f32 {
     }
 }
 
+/// ggml's reduction of an 8-lane `_mm256_max_ps` accumulator to a scalar:
+/// hi/lo halves, then lanes 0/2 and 1/3, then the two (`max_ps` order kept,
+/// so NaNs resolve as the instructions resolve them).
+#[inline]
+pub(crate) fn reduce_max8(m: &[f32; 8]) -> f32 {
+    let m4: [f32; 4] = std::array::from_fn(|i| max_ps(m[4 + i], m[i]));
+    max_ps(max_ps(m4[0], m4[2]), max_ps(m4[1], m4[3]))
+}
+
 /// `_mm256_cvtps_epi32(_mm256_round_ps(v, _MM_ROUND_NEAREST))`: round half to
 /// even; NaN and out-of-range values give the "integer indefinite" i32::MIN.
 #[inline]

@@ -11,7 +11,7 @@ use crate::avx2::hsum_float_8;
 use half::f16;
 
 /// Elements per step of ggml's AVX float dot loops (4 accumulators x 8 lanes).
-const STEP: usize = 32;
+pub(crate) const STEP: usize = 32;
 
 /// The f16 stored little-endian at `b[0..2]`, widened exactly.
 #[inline]
@@ -27,7 +27,7 @@ pub(crate) fn f32_le(b: &[u8]) -> f32 {
 
 /// The bf16 stored little-endian at `b[0..2]`, widened exactly.
 #[inline]
-fn bf16_le(b: &[u8]) -> f32 {
+pub(crate) fn bf16_le(b: &[u8]) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
 }
 
@@ -52,7 +52,7 @@ pub(crate) fn f16c_fp32_to_fp16(x: f32) -> u16 {
 /// ggml's `GGML_FP32_TO_BF16`: round to nearest even; a NaN is truncated and
 /// forced quiet.
 #[inline]
-fn fp32_to_bf16(x: f32) -> u16 {
+pub(crate) fn fp32_to_bf16(x: f32) -> u16 {
     let u = x.to_bits();
     if u & 0x7fff_ffff > 0x7f80_0000 {
         ((u >> 16) | 64) as u16
@@ -61,7 +61,7 @@ fn fp32_to_bf16(x: f32) -> u16 {
     }
 }
 
-fn check_lens(src_bytes: usize, elem_bytes: usize, n: usize) {
+pub(crate) fn check_lens(src_bytes: usize, elem_bytes: usize, n: usize) {
     assert_eq!(src_bytes, n * elem_bytes, "row length mismatch");
 }
 
@@ -161,8 +161,14 @@ pub fn vec_dot_f32(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let xf = |i: usize| f32_le(&x[4 * i..]);
     let yf = |i: usize| f32_le(&y[4 * i..]);
     let np = n & !(STEP - 1);
-    let mut sum = reduce_hadd(&fold4(&fma_steps(np, xf, yf)));
-    let mut i = np;
+    f32_tail(n, np, x, y, reduce_hadd(&fold4(&fma_steps(np, xf, yf))))
+}
+
+/// The end of [`vec_dot_f32`]: adds elements `from..n` to the reduced `sum`.
+pub(crate) fn f32_tail(n: usize, from: usize, x: &[u8], y: &[u8], mut sum: f32) -> f32 {
+    let xf = |i: usize| f32_le(&x[4 * i..]);
+    let yf = |i: usize| f32_le(&y[4 * i..]);
+    let mut i = from;
     let unfused_end = i + (n - i) / 4 * 4;
     while i < unfused_end {
         sum += xf(i) * yf(i);
@@ -183,9 +189,15 @@ pub fn vec_dot_f16(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let xf = |i: usize| f16_le(&x[2 * i..]);
     let yf = |i: usize| f16_le(&y[2 * i..]);
     let np = n & !(STEP - 1);
-    let mut sum = f64::from(reduce_hadd(&fold4(&fma_steps(np, xf, yf))));
-    for i in np..n {
-        sum += f64::from(xf(i) * yf(i));
+    f16_tail(n, np, x, y, reduce_hadd(&fold4(&fma_steps(np, xf, yf))))
+}
+
+/// The end of [`vec_dot_f16`]: the reduced `sum` widened to f64, plus the
+/// f32 products of elements `from..n`.
+pub(crate) fn f16_tail(n: usize, from: usize, x: &[u8], y: &[u8], sum: f32) -> f32 {
+    let mut sum = f64::from(sum);
+    for i in from..n {
+        sum += f64::from(f16_le(&x[2 * i..]) * f16_le(&y[2 * i..]));
     }
     sum as f32
 }
@@ -198,9 +210,15 @@ pub fn vec_dot_bf16(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let xf = |i: usize| bf16_le(&x[2 * i..]);
     let yf = |i: usize| bf16_le(&y[2 * i..]);
     let np = n & !(STEP - 1);
-    let mut sum = 0f64 + f64::from(hsum_float_8(&fold4(&fma_steps(np, xf, yf))));
-    for i in np..n {
-        sum += f64::from(xf(i) * yf(i));
+    bf16_tail(n, np, x, y, hsum_float_8(&fold4(&fma_steps(np, xf, yf))))
+}
+
+/// The end of [`vec_dot_bf16`]: 0.0 + the reduced `sum` in f64 (so -0.0
+/// becomes +0.0), plus the f32 products of elements `from..n`.
+pub(crate) fn bf16_tail(n: usize, from: usize, x: &[u8], y: &[u8], sum: f32) -> f32 {
+    let mut sum = 0f64 + f64::from(sum);
+    for i in from..n {
+        sum += f64::from(bf16_le(&x[2 * i..]) * bf16_le(&y[2 * i..]));
     }
     sum as f32
 }

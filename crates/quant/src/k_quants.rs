@@ -18,10 +18,22 @@ mod search;
 
 pub use q2_k::{dequantize_row_q2_k, quantize_row_q2_k_ref, vec_dot_q2_k_q8_k};
 pub use q3_k::{dequantize_row_q3_k, quantize_row_q3_k_ref, vec_dot_q3_k_q8_k};
-pub use q4_k::{dequantize_row_q4_k, quantize_row_q4_k_ref, vec_dot_q4_k_q8_k};
+pub use q4_k::{
+    dequantize_row_q4_k, gemm_q4_k_q8_k, gemv_q4_k_q8_k, quantize_row_q4_k_ref, vec_dot_q4_k_q8_k,
+};
 pub use q5_k::{dequantize_row_q5_k, quantize_row_q5_k_ref, vec_dot_q5_k_q8_k};
 pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k_ref, vec_dot_q6_k_q8_k};
-pub use q8_k::{dequantize_row_q8_k, quantize_row_q8_k_ref};
+pub use q8_k::{dequantize_row_q8_k, quantize_row_q8_k_4x8, quantize_row_q8_k_ref};
+
+// Block sizes and scale decoders the SIMD kernels share with the models.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use {
+    q2_k::BYTES as Q2_K_BYTES,
+    q3_k::{scales as q3_k_scales, BYTES as Q3_K_BYTES},
+    q4_k::{scales_mins, BYTES as Q4_K_BYTES},
+    q5_k::BYTES as Q5_K_BYTES,
+    q6_k::BYTES as Q6_K_BYTES,
+};
 
 /// Elements per super-block.
 pub(crate) const QK_K: usize = 256;
@@ -31,7 +43,7 @@ pub(crate) const Q8_K_BYTES: usize = 292;
 
 /// Panics unless `bytes` holds exactly the super-blocks for `n` elements.
 pub(crate) fn check(n: usize, bytes: usize, block_bytes: usize) {
-    assert!(n % QK_K == 0, "{n} is not a multiple of {QK_K}");
+    assert!(n.is_multiple_of(QK_K), "{n} is not a multiple of {QK_K}");
     assert_eq!(bytes, n / QK_K * block_bytes, "row length mismatch");
 }
 

@@ -15,20 +15,22 @@
 //! These functions panic if the slices are not whole, matching blocks; the
 //! crate-root entry points check and return errors instead.
 
-use crate::avx2::{max_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, round_to_i32, saturate_i8, Acc8};
+use crate::avx2::{
+    max_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, reduce_max8, round_to_i32, saturate_i8, Acc8,
+};
 use crate::float::{f16_le, f16c_fp32_to_fp16, fp32_to_fp16};
 
-const QK: usize = 32;
-const Q4_0: usize = 18;
-const Q4_1: usize = 20;
-const Q5_0: usize = 22;
-const Q5_1: usize = 24;
-const Q8_0: usize = 34;
-const Q8_1: usize = 36;
+pub(crate) const QK: usize = 32;
+pub(crate) const Q4_0: usize = 18;
+pub(crate) const Q4_1: usize = 20;
+pub(crate) const Q5_0: usize = 22;
+pub(crate) const Q5_1: usize = 24;
+pub(crate) const Q8_0: usize = 34;
+pub(crate) const Q8_1: usize = 36;
 
 /// Panics unless `bytes` holds exactly the blocks for `n` elements.
-fn check(n: usize, bytes: usize, block_bytes: usize) {
-    assert!(n % QK == 0, "{n} is not a multiple of {QK}");
+pub(crate) fn check(n: usize, bytes: usize, block_bytes: usize) {
+    assert!(n.is_multiple_of(QK), "{n} is not a multiple of {QK}");
     assert_eq!(bytes, n / QK * block_bytes, "row length mismatch");
 }
 
@@ -262,8 +264,7 @@ fn avx_absmax(x: &[f32]) -> f32 {
             *m = max_ps(*m, a.abs());
         }
     }
-    let m4: [f32; 4] = std::array::from_fn(|i| max_ps(m[4 + i], m[i]));
-    max_ps(max_ps(m4[0], m4[2]), max_ps(m4[1], m4[3]))
+    reduce_max8(&m)
 }
 
 /// Quantizes one block as the AVX2 `quantize_row_q8_0/q8_1` do: returns the
@@ -383,4 +384,50 @@ pub fn vec_dot_q8_0_q8_0(n: usize, x: &[u8], y: &[u8]) -> f32 {
         acc.fma_i32(d, &mul_sum_i8_pairs(&i8s(&bx[2..]), &i8s(&by[2..])));
     }
     acc.hsum()
+}
+
+// ------------------------------------------------ repacked Q4_0 (8x8) kernels
+
+/// The i32 dot of one Q4_0 block's quants with one Q8_0 block's, as the
+/// repacked kernels form it: their `mul_sum_i8_pairs` takes its absolute
+/// values from the first operand, so `weights_first` picks which operand a
+/// -128 activation wraps in (the only case where the order shows).
+fn q4_0_block_isum(bx: &[u8], by: &[u8], weights_first: bool) -> i32 {
+    let qx = nibbles(&bx[2..]).map(|q| q as i8 - 8);
+    let qy = i8s(&by[2..]);
+    let lanes = if weights_first {
+        mul_sum_i8_pairs(&qx, &qy)
+    } else {
+        mul_sum_i8_pairs(&qy, &qx)
+    };
+    lanes.iter().fold(0i32, |a, &l| a.wrapping_add(l))
+}
+
+/// One output of the repacked Q4_0 kernels: per block, the whole block's
+/// integer dot converted once and accumulated by one FMA with `d_w * d_a`,
+/// in a single f32 (no lanes, no horizontal sum).
+fn q4_0_repacked_dot(n: usize, x: &[u8], y: &[u8], weights_first: bool) -> f32 {
+    check(n, x.len(), Q4_0);
+    check(n, y.len(), Q8_0);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(Q4_0).zip(y.chunks_exact(Q8_0)) {
+        let d = f16_le(bx) * f16_le(by);
+        let isum = q4_0_block_isum(bx, by, weights_first);
+        acc = (isum as f32).mul_add(d, acc);
+    }
+    acc
+}
+
+/// One output of ggml's x86 `ggml_gemv_q4_0_8x8_q8_0` (weights repacked to
+/// `block_q4_0x8`; a single activation row quantized by `quantize_row_q8_0`).
+pub fn gemv_q4_0_q8_0(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    q4_0_repacked_dot(n, x, y, true)
+}
+
+/// One output of ggml's x86 `ggml_gemm_q4_0_8x8_q8_0` (groups of four
+/// activation rows from `ggml_quantize_mat_q8_0_4x8`, which quantizes each
+/// row exactly as [`quantize_row_q8_0`]). Same sums as the gemv, except that
+/// the sign trick here takes |activation|, so a -128 activation is exact.
+pub fn gemm_q4_0_q8_0(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    q4_0_repacked_dot(n, x, y, false)
 }

@@ -10,14 +10,26 @@
 //!   f32 lanes with FMAs, a summation order these scalar kernels reproduce so
 //!   that a SIMD port can be checked against them bit for bit.
 //!
-//! Everything here is scalar, safe code reading little-endian bytes.
+//! - [`matmul_path`], [`quantize_activation_for`] and [`dot`] follow the
+//!   kernels ggml picks per matrix: the repacked Q4_0 / Q4_K gemm and gemv;
+//!   [`dot_multi`] computes several activation rows' outputs at once.
+//!
+//! The public modules hold scalar models of all of these, in safe code
+//! reading little-endian bytes: the reference, and the fallback. On x86-64
+//! CPUs with AVX2 + FMA + F16C (detected at run time) the crate-root entry
+//! points run SIMD ports of them instead (`x86`), bit-identical by
+//! construction and by test.
 
 mod avx2;
 pub mod float;
 pub mod k_quants;
 pub mod legacy;
+mod repack;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use quarrel_gguf::GgmlType;
+pub use repack::{matmul_path, DotKernel, MatmulPath};
 
 /// Why a row could not be converted.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +79,7 @@ fn check_row(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
         return Err(QuantError::Unsupported(ty));
     }
     let block = ty.block_size();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::PartialBlock { ty, n, block });
     }
     let expected = n / block * ty.type_size();
@@ -85,6 +97,10 @@ fn check_row(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
 /// Dequantize `dst.len()` elements from `src` (exactly row_bytes(dst.len()) bytes).
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_row(ty, dst.len(), src.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if x86::dequantize_row(ty, src, dst) {
+        return Ok(());
+    }
     use GgmlType::*;
     let f = match ty {
         F32 => float::f32_row_from_le,
@@ -171,6 +187,10 @@ pub fn quantize_activation(
 ) -> Result<(), QuantError> {
     let ty = vec_dot_type(weight_ty);
     check_row(ty, src.len(), dst.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if x86::quantize_activation(ty, false, src, dst) {
+        return Ok(());
+    }
     use GgmlType::*;
     let f = match ty {
         F32 => float::f32_row_to_le,
@@ -185,6 +205,82 @@ pub fn quantize_activation(
     Ok(())
 }
 
+/// Quantize an activation row for `kernel` (see [`MatmulPath::kernel`]):
+/// as [`quantize_activation`] for [`DotKernel::VecDot`] and
+/// [`DotKernel::Gemv`]; for [`DotKernel::Gemm`] as the repacked gemm's
+/// `ggml_quantize_mat_*_4x8` (Q8_K: [`k_quants::quantize_row_q8_k_4x8`];
+/// Q8_0: identical to `quantize_row_q8_0`), in the plain row layout.
+pub fn quantize_activation_for(
+    kernel: DotKernel,
+    weight_ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    match (kernel, weight_ty) {
+        (DotKernel::VecDot, _) | (_, GgmlType::Q4_0) => quantize_activation(weight_ty, src, dst),
+        (DotKernel::Gemv, GgmlType::Q4K) => quantize_activation(weight_ty, src, dst),
+        (DotKernel::Gemm, GgmlType::Q4K) => {
+            check_row(GgmlType::Q8K, src.len(), dst.len())?;
+            #[cfg(target_arch = "x86_64")]
+            if x86::quantize_activation(GgmlType::Q8K, true, src, dst) {
+                return Ok(());
+            }
+            k_quants::quantize_row_q8_k_4x8(src, dst);
+            Ok(())
+        }
+        _ => Err(QuantError::Unsupported(weight_ty)),
+    }
+}
+
+/// One output of `kernel` for weight row `w` (type `ty`, `n` elements) and
+/// an activation row quantized by [`quantize_activation_for`] with the same
+/// kernel: [`vec_dot`], or one element of the repacked gemv / gemm.
+///
+/// # Panics
+/// As [`vec_dot`]; also for a repacked kernel on a type ggml does not repack.
+#[inline]
+pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    if kernel == DotKernel::VecDot {
+        return vec_dot(ty, n, w, act);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = x86::repacked_dot(kernel, ty, n, w, act) {
+        return v;
+    }
+    let f = match (kernel, ty) {
+        (DotKernel::Gemv, GgmlType::Q4_0) => legacy::gemv_q4_0_q8_0,
+        (DotKernel::Gemm, GgmlType::Q4_0) => legacy::gemm_q4_0_q8_0,
+        (DotKernel::Gemv, GgmlType::Q4K) => k_quants::gemv_q4_k_q8_k,
+        (DotKernel::Gemm, GgmlType::Q4K) => k_quants::gemm_q4_k_q8_k,
+        _ => panic!("no repacked {kernel:?} kernel for {ty}"),
+    };
+    f(n, w, act)
+}
+
+/// [`dot`] for one weight row against `T` activation rows at once:
+/// `out[t]` is bit-identical to `dot(kernel, ty, n, w, act[t])`.
+///
+/// On x86 with AVX2, the 32-element formats with four activation rows run a
+/// kernel that unpacks each weight block once for all four and overlaps
+/// their FMA chains; otherwise this computes one [`dot`] per row.
+pub fn dot_multi<const T: usize>(
+    kernel: DotKernel,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    act: [&[u8]; T],
+) -> [f32; T] {
+    #[cfg(target_arch = "x86_64")]
+    if let (DotKernel::VecDot, Ok(four)) = (kernel, <[&[u8]; 4]>::try_from(&act[..])) {
+        if let Some(out) = x86::vec_dot_1x4(ty, n, w, four) {
+            let mut res = [0f32; T];
+            res.copy_from_slice(&out);
+            return res;
+        }
+    }
+    act.map(|a| dot(kernel, ty, n, w, a))
+}
+
 /// Dot product of one weight row (`n` elements, type `ty`) with one activation row already quantized to
 /// vec_dot_type(ty), as ggml's `ggml_vec_dot_<ty>_<vec_dot_type>` (integer sums per block, then scaled in f32).
 ///
@@ -196,6 +292,10 @@ pub fn quantize_activation(
 /// If `ty` has no ggml dot kernel here (unsupported types, and Q8_1 / Q8_K,
 /// which are only activation formats) or the slices do not hold `n` elements.
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = x86::vec_dot(ty, n, w, act) {
+        return v;
+    }
     use GgmlType::*;
     let f = match ty {
         F32 => float::vec_dot_f32,

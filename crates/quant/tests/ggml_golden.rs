@@ -1,12 +1,16 @@
 //! Bit-exact checks against llama.cpp's own x86 (AVX2 + FMA + F16C) build:
 //! tests/data/ggml_*.bin hold outputs of its reference quantizers, its CPU
-//! activation quantizers and its vec_dot kernels (make_golden_ggml.py).
+//! activation quantizers, its vec_dot kernels, its repacked-gemm activation
+//! quantizers and whole mul_mat ops on its CPU backend (make_golden_ggml.py).
 
 mod common;
 
 use std::collections::HashMap;
 
-use quarrel_quant::{quantize_activation, quantize_row, vec_dot, vec_dot_type, GgmlType};
+use quarrel_quant::{
+    dot, matmul_path, quantize_activation, quantize_activation_for, quantize_row, vec_dot,
+    vec_dot_type, DotKernel, GgmlType, MatmulPath,
+};
 
 fn inputs() -> HashMap<u32, Vec<f32>> {
     common::read_records(&common::data_dir().join("ggml_inputs.bin"))
@@ -107,4 +111,133 @@ fn vec_dot_matches_ggml_x86_kernels_bit_for_bit() {
             );
         }
     }
+}
+
+/// A weight type whose activations are `act`, for the quantizer entry points.
+fn weight_for(act: GgmlType) -> GgmlType {
+    match act {
+        GgmlType::Q8_0 => GgmlType::Q4_0,
+        GgmlType::Q8K => GgmlType::Q4K,
+        _ => unreachable!("{act}"),
+    }
+}
+
+#[test]
+fn gemm_activation_quantizers_match_ggml_quantize_mat_4x8() {
+    let records = common::read_records(&common::data_dir().join("ggml_repack_act.bin"));
+    assert_eq!(records.len(), 6);
+    let mut sign_flips = 0;
+    for r in records {
+        let (act, k) = (common::ggml_type(r.meta[0]), r.meta[1] as usize);
+        let w = weight_for(act);
+        let x = common::f32s(&r.blobs[0]);
+        let row_bytes = r.blobs[1].len() / 4;
+        for (i, (src, want)) in x.chunks(k).zip(r.blobs[1].chunks(row_bytes)).enumerate() {
+            let mut got = vec![0u8; row_bytes];
+            quantize_activation_for(DotKernel::Gemm, w, src, &mut got).unwrap();
+            assert_eq!(first_diff(&got, want), None, "{act} row {i}");
+            let mut gemv = vec![0u8; row_bytes];
+            quantize_activation_for(DotKernel::Gemv, w, src, &mut gemv).unwrap();
+            sign_flips += usize::from(gemv != got);
+        }
+    }
+    // The Q8_K 4x8 quantizer picks the other scale sign on +-max ties.
+    assert!(sign_flips >= 3, "{sign_flips}");
+}
+
+/// Quarrel's matmul structure on the public API: each activation row
+/// quantized once for its kernel, then dotted with every weight row.
+fn matmul(ty: GgmlType, path: MatmulPath, k: usize, w: &[u8], x: &[f32], n: usize) -> Vec<f32> {
+    let act_bytes = vec_dot_type(ty).row_bytes(k as u64).unwrap() as usize;
+    let w_bytes = ty.row_bytes(k as u64).unwrap() as usize;
+    let mut out = Vec::new();
+    for (t, src) in x.chunks(k).take(n).enumerate() {
+        let kernel = path.kernel(t, n);
+        let mut act = vec![0u8; act_bytes];
+        quantize_activation_for(kernel, ty, src, &mut act).unwrap();
+        out.extend(w.chunks(w_bytes).map(|wr| dot(kernel, ty, k, wr, &act)));
+    }
+    out
+}
+
+/// Whether ggml computes this batch with the kernels modelled here. Not yet
+/// modelled: llamafile's tinyBLAS, which takes float weights for batches of
+/// two or more rows, and the tiled K-quant matmul (tiled/tiled.cpp), which
+/// takes K-quant weights that are not repacked for batches of eight or more.
+fn modelled(ty: GgmlType, path: MatmulPath, n: usize) -> bool {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | Bf16 => n < 2,
+        Q2K | Q3K | Q4K | Q5K | Q6K => path == MatmulPath::Repacked || n < 8,
+        _ => true,
+    }
+}
+
+#[test]
+fn matmul_matches_ggml_mul_mat_on_the_cpu_backend() {
+    let records = common::read_records(&common::data_dir().join("ggml_matmul.bin"));
+    let k = records[0].meta[0] as usize;
+    let x = common::f32s(&records[0].blobs[0]);
+    assert_eq!(records.len(), 27);
+    let (mut repacked, mut checked) = (0, 0);
+    for r in &records[1..] {
+        let (ty, m) = (common::ggml_type(r.meta[0]), r.meta[1] as usize);
+        let path = matmul_path(ty, m);
+        assert_eq!(path == MatmulPath::Repacked, r.meta[2] == 1, "{ty} x {m}");
+        repacked += usize::from(path == MatmulPath::Repacked);
+        for (&n, want) in r.meta[3..].iter().zip(&r.blobs[1..]) {
+            let n = n as usize;
+            if !modelled(ty, path, n) {
+                continue;
+            }
+            checked += 1;
+            let got = matmul(ty, path, k, &r.blobs[0], &x, n);
+            for (i, (g, w)) in got.iter().zip(common::f32s(want)).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{ty} {m} rows, batch {n}: row {}, output {}: {g} != {w}",
+                    i / m,
+                    i % m
+                );
+            }
+        }
+    }
+    assert_eq!(repacked, 2, "Q4_0 and Q4_K with 16 rows");
+    assert_eq!(
+        checked,
+        6 + 10 * 10 - 9,
+        "float batches of 1, all but 9 quant matrices' batches"
+    );
+}
+
+#[test]
+fn repacked_kernels_differ_from_vec_dot_and_each_other() {
+    // Documents why the path matters: on the same data, the repacked Q4_K
+    // gemm, its gemv and vec_dot each give results the others do not.
+    let records = common::read_records(&common::data_dir().join("ggml_matmul.bin"));
+    let k = records[0].meta[0] as usize;
+    let x = common::f32s(&records[0].blobs[0]);
+    let r = records[1..]
+        .iter()
+        .find(|r| r.meta[0] == GgmlType::Q4K.id() && r.meta[2] == 1)
+        .unwrap();
+    let gemm = matmul(GgmlType::Q4K, MatmulPath::Repacked, k, &r.blobs[0], &x, 8);
+    let gemv: Vec<f32> = (0..8)
+        .flat_map(|t| {
+            matmul(
+                GgmlType::Q4K,
+                MatmulPath::Repacked,
+                k,
+                &r.blobs[0],
+                &x[t * k..],
+                1,
+            )
+        })
+        .collect();
+    let plain = matmul(GgmlType::Q4K, MatmulPath::VecDot, k, &r.blobs[0], &x, 8);
+    let differ = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(a, b)| a != b).count();
+    assert!(differ(&gemm, &gemv) > 0);
+    assert!(differ(&gemm, &plain) > 0);
+    assert!(differ(&gemv, &plain) > 0);
 }

@@ -2,8 +2,14 @@
 //!
 //! Activations are quantized once per row to the weight type's dot type
 //! (Q8_0, Q8_1 or Q8_K, as ggml does); then each thread streams a
-//! contiguous range of weight rows and dots every row with every token.
+//! contiguous range of weight rows and dots every row with every token,
+//! four tokens at a time where it can ([`quarrel_quant::dot_multi`]: each
+//! weight block unpacked once for the four; same bits as single dots).
+//! Which kernel (and which activation quantizer) serves a token follows
+//! ggml's x86 path for the matrix: repacked Q4_0 / Q4_K matrices use the
+//! gemm for whole groups of four tokens and the gemv for the rest.
 
+use quarrel_quant::DotKernel;
 use rayon::prelude::*;
 
 use crate::tensor::{CpuTensor, CpuWeight};
@@ -32,26 +38,44 @@ pub fn matmul(x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, scratch: &mut M
     assert_eq!(out.cols, w.rows, "matmul output width");
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
+    let path = quarrel_quant::matmul_path(w.ty, m);
+    let kernel = |t: usize| -> DotKernel { path.kernel(t, n) };
     let dot_ty = quarrel_quant::vec_dot_type(w.ty);
     let act_row = dot_ty
         .row_bytes(k as u64)
         .expect("row length checked at load") as usize;
     // Grows once to the largest batch, then is reused.
     scratch.act.resize(n * act_row, 0);
-    scratch
-        .act
-        .par_chunks_mut(act_row)
-        .zip(x.live().par_chunks(k))
-        .for_each(|(dst, src)| {
-            quarrel_quant::quantize_activation(w.ty, src, dst).expect("sizes match");
-        });
+    let quantize = |(t, (dst, src)): (usize, (&mut [u8], &[f32]))| {
+        quarrel_quant::quantize_activation_for(kernel(t), w.ty, src, dst).expect("sizes match");
+    };
+    if n == 1 {
+        // A microsecond of work: not worth waking the pool for.
+        quantize((0, (&mut scratch.act[..], x.live())));
+    } else {
+        scratch
+            .act
+            .par_chunks_mut(act_row)
+            .zip(x.live().par_chunks(k))
+            .enumerate()
+            .for_each(quantize);
+    }
     let act = &scratch.act;
+    let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
     let dot_rows = |r0: usize, dst: &mut [f32]| {
         // dst holds, for weight rows r0.., the value for every token.
         for (i, chunk) in dst.chunks_mut(n).enumerate() {
             let wr = w.row(r0 + i);
-            for (t, o) in chunk.iter_mut().enumerate() {
-                *o = quarrel_quant::vec_dot(w.ty, k, wr, &act[t * act_row..(t + 1) * act_row]);
+            let mut t = 0;
+            // Four tokens at a time where they share a kernel.
+            while t + 4 <= n && kernel(t) == kernel(t + 3) {
+                let a = [token(t), token(t + 1), token(t + 2), token(t + 3)];
+                let o = quarrel_quant::dot_multi(kernel(t), w.ty, k, wr, a);
+                chunk[t..t + 4].copy_from_slice(&o);
+                t += 4;
+            }
+            for (t, o) in chunk.iter_mut().enumerate().skip(t) {
+                *o = quarrel_quant::dot(kernel(t), w.ty, k, wr, token(t));
             }
         }
     };

@@ -9,7 +9,7 @@ use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
-const BYTES: usize = 84;
+pub(crate) const BYTES: usize = 84;
 
 /// The 256 2-bit quants of a block, in element order.
 fn unpack(qs: &[u8]) -> [i8; QK_K] {

@@ -11,10 +11,10 @@ use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
-const BYTES: usize = 110;
+pub(crate) const BYTES: usize = 110;
 
 /// The 16 signed 6-bit scales (already minus 32).
-fn scales(s: &[u8]) -> [i32; 16] {
+pub(crate) fn scales(s: &[u8]) -> [i32; 16] {
     std::array::from_fn(|j| {
         let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
         let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;

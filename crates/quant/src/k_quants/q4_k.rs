@@ -10,7 +10,7 @@ use super::{check, get_scale_min_k4, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTE
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
-const BYTES: usize = 144;
+pub(crate) const BYTES: usize = 144;
 
 /// The 4-bit quants of a block, in element order.
 fn unpack(qs: &[u8]) -> [i8; QK_K] {
@@ -26,7 +26,7 @@ fn unpack(qs: &[u8]) -> [i8; QK_K] {
 }
 
 /// The 8 (scale, min) pairs of a 12-byte scale field.
-pub(super) fn scales_mins(s: &[u8]) -> [(u8, u8); 8] {
+pub(crate) fn scales_mins(s: &[u8]) -> [(u8, u8); 8] {
     std::array::from_fn(|j| get_scale_min_k4(j, s))
 }
 
@@ -182,4 +182,69 @@ pub fn vec_dot_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         }
     }
     acc.hsum() + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+}
+
+/// The integer parts of one Q4_K super-block against one Q8_K block for the
+/// repacked kernels, per pair of sub-blocks (2p, 2p + 1): the scaled quant
+/// dot and the mins term `min * (sum of the sub-block's 32 activations)`.
+/// Exact: every i16 stage of ggml's kernels stays within range for 4-bit
+/// weights and 8-bit activations.
+fn repacked_pair_sums(bx: &[u8], by: &[u8]) -> [(i32, i32); 4] {
+    let (_, q8, bsums) = q8_k_parts(by);
+    let q = unpack(&bx[16..]);
+    let sm = scales_mins(&bx[4..16]);
+    let sub = |j: usize| -> (i32, i32) {
+        let dot: i32 = q[32 * j..32 * j + 32]
+            .iter()
+            .zip(&q8[32 * j..32 * j + 32])
+            .map(|(&w, &a)| i32::from(w) * i32::from(a as i8))
+            .sum();
+        // _mm_hadd_epi16 of the two 16-element sums (wrapping, as i16).
+        let s = bsums[2 * j].wrapping_add(bsums[2 * j + 1]);
+        (i32::from(sm[j].0) * dot, i32::from(sm[j].1) * i32::from(s))
+    };
+    std::array::from_fn(|p| {
+        let (a, b) = (sub(2 * p), sub(2 * p + 1));
+        (a.0 + b.0, a.1 + b.1)
+    })
+}
+
+/// One output of ggml's x86 `ggml_gemv_q4_K_8x8_q8_K` (weights repacked to
+/// `block_q4_Kx8`, one activation row from `quantize_row_q8_K`): per
+/// super-block one FMA of the integer quant sum with `d_w * d_a` and one of
+/// the integer mins sum with `dmin_w * d_a`, in two f32 accumulators; the
+/// result is their difference.
+pub fn gemv_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (bx, by) in x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = crate::float::f32_le(by);
+        let (isum, imin) = repacked_pair_sums(bx, by)
+            .iter()
+            .fold((0, 0), |(s, m), &(ps, pm)| (s + ps, m + pm));
+        acc = (isum as f32).mul_add(f16_le(bx) * d8, acc);
+        acc_min = (imin as f32).mul_add(f16_le(&bx[2..]) * d8, acc_min);
+    }
+    acc - acc_min
+}
+
+/// One output of ggml's x86 `ggml_gemm_q4_K_8x8_q8_K` (groups of four
+/// activation rows from `ggml_quantize_mat_q8_K_4x8`, see
+/// [`super::quantize_row_q8_k_4x8`]). Unlike the gemv it converts and
+/// accumulates after every pair of sub-blocks: four FMAs per super-block
+/// into each accumulator.
+pub fn gemm_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (bx, by) in x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = crate::float::f32_le(by);
+        let (d, dmin) = (f16_le(bx) * d8, f16_le(&bx[2..]) * d8);
+        for (isum, imin) in repacked_pair_sums(bx, by) {
+            acc = (isum as f32).mul_add(d, acc);
+            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
 }

@@ -11,7 +11,7 @@ use super::{check, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::f16_le;
 
-const BYTES: usize = 176;
+pub(crate) const BYTES: usize = 176;
 
 /// The 5-bit quants of a block, in element order.
 fn unpack(qh: &[u8], qs: &[u8]) -> [i8; QK_K] {

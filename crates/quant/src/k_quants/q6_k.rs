@@ -10,7 +10,7 @@ use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
-const BYTES: usize = 210;
+pub(crate) const BYTES: usize = 210;
 
 /// The unsigned 6-bit quants (0..64) of a block, in element order.
 fn unpack(ql: &[u8], qh: &[u8]) -> [i8; QK_K] {

@@ -16,6 +16,16 @@ Files (format in make_golden.py):
                        result per input]: the activation is the first n
                        elements of the ggml_activation.bin row for
                        (vec_dot type, input).
+  ggml_repack_act.bin  meta [vec_dot type, k], blobs [4 f32 rows of k,
+                       ggml_quantize_mat_*_4x8 output de-interleaved into
+                       4 plain rows]
+  ggml_matmul.bin      first record meta [k, rows], blobs [f32 activation
+                       rows]; then per weight matrix meta [type, m, repacked,
+                       n...], blobs [m weight rows, f32 n x m result per n]:
+                       a ggml graph with one mul_mat of the first n
+                       activation rows on the CPU backend, the weights in the
+                       CPU_REPACK buffer when it takes them (repacked = 1),
+                       as llama.cpp places them.
 """
 
 import argparse
@@ -140,6 +150,127 @@ class Ggml:
         return np.float32(s.value)
 
 
+class InitParams(C.Structure):
+    _fields_ = [("mem_size", C.c_size_t), ("mem_buffer", P), ("no_alloc", C.c_bool)]
+
+
+class GgmlMatmul:
+    """One mul_mat on ggml's CPU backend, through the public graph API."""
+
+    def __init__(self, g, threads=2):
+        self.b, cpu = g.base, g.cpu
+        for name, res, args in [
+            ("ggml_init", P, [InitParams]), ("ggml_free", None, [P]),
+            ("ggml_new_tensor_2d", P, [P, C.c_int, C.c_int64, C.c_int64]),
+            ("ggml_mul_mat", P, [P, P, P]), ("ggml_new_graph", P, [P]),
+            ("ggml_build_forward_expand", None, [P, P]), ("ggml_get_data", P, [P]),
+            ("ggml_backend_alloc_ctx_tensors_from_buft", P, [P, P]),
+            ("ggml_backend_buffer_free", None, [P]),
+            ("ggml_backend_tensor_set", None, [P, P, C.c_size_t, C.c_size_t]),
+            ("ggml_backend_graph_compute", C.c_int, [P, P]),
+            ("ggml_backend_dev_supports_op", C.c_bool, [P, P]),
+            ("ggml_backend_cpu_buffer_type", P, []),
+            ("ggml_backend_reg_dev_get", P, [P, C.c_size_t]),
+        ]:
+            f = getattr(self.b, name)
+            f.restype, f.argtypes = res, args
+        cpu.ggml_backend_cpu_init.restype = P
+        cpu.ggml_backend_cpu_reg.restype = P
+        cpu.ggml_backend_cpu_set_n_threads.argtypes = [P, C.c_int]
+        # Exported only under its C++ name.
+        repack = cpu._Z35ggml_backend_cpu_repack_buffer_typev
+        repack.restype = P
+        self.repack_buft = repack()
+        self.backend = cpu.ggml_backend_cpu_init()
+        cpu.ggml_backend_cpu_set_n_threads(self.backend, threads)
+        self.dev = self.b.ggml_backend_reg_dev_get(cpu.ggml_backend_cpu_reg(), 0)
+
+    def _weight(self, qtype, k, m, buft):
+        ctx = self.b.ggml_init(InitParams(1 << 20, None, True))
+        w = self.b.ggml_new_tensor_2d(ctx, int(qtype), k, m)
+        return ctx, w, self.b.ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft)
+
+    def mul_mat(self, qtype, w_bytes, m, x):
+        """Returns (x @ w.T as n x m f32, whether the weights were repacked)."""
+        b = self.b
+        n, k = x.shape
+        ctx = b.ggml_init(InitParams(64 << 20, None, False))
+        xt = b.ggml_new_tensor_2d(ctx, int(T.F32), k, n)
+        # Like llama.cpp: the repack buffer when it supports the op (its
+        # supports_op consults the repack type table), else plain CPU memory.
+        wctx, wt, buf = self._weight(qtype, k, m, self.repack_buft)
+        out = b.ggml_mul_mat(ctx, wt, xt)
+        repacked = b.ggml_backend_dev_supports_op(self.dev, out)
+        if not repacked:
+            b.ggml_backend_buffer_free(buf)
+            b.ggml_free(wctx)
+            wctx, wt, buf = self._weight(qtype, k, m, b.ggml_backend_cpu_buffer_type())
+            out = b.ggml_mul_mat(ctx, wt, xt)
+        w_bytes = np.ascontiguousarray(w_bytes)
+        b.ggml_backend_tensor_set(wt, w_bytes.ctypes.data_as(P), 0, w_bytes.nbytes)
+        x = np.ascontiguousarray(x, np.float32)
+        C.memmove(b.ggml_get_data(xt), x.ctypes.data, x.nbytes)
+        graph = b.ggml_new_graph(ctx)
+        b.ggml_build_forward_expand(graph, out)
+        assert b.ggml_backend_graph_compute(self.backend, graph) == 0
+        res = np.ctypeslib.as_array((C.c_float * (n * m)).from_address(b.ggml_get_data(out))).copy()
+        b.ggml_backend_buffer_free(buf)
+        b.ggml_free(wctx)
+        b.ggml_free(ctx)
+        return res.reshape(n, m), bool(repacked)
+
+
+def quantize_mat_4x8(g, qtype, x):
+    """ggml_quantize_mat_{q8_0,q8_K}_4x8 on 4 rows, de-interleaved to 4 plain rows."""
+    k = x.shape[1]
+    block, size = GGML_QUANT_SIZES[qtype]
+    nb = k // block
+    out = np.zeros(4 * nb * size, np.uint8)
+    fn = getattr(g.cpu, f"ggml_quantize_mat_{ggml_name(qtype)}_4x8")
+    fn(np.ascontiguousarray(x, np.float32).ctypes.data_as(P), out.ctypes.data_as(P), C.c_int64(k))
+    rows = np.zeros((4, nb, size), np.uint8)
+    for i, blk in enumerate(out.reshape(nb, 4 * size)):
+        if qtype == T.Q8_0:  # block_q8_0x4: f16 d[4], qs[128] in 8-byte chunks per row
+            d = blk[:8].reshape(4, 2)
+            qs = blk[8:].reshape(4, 4, 8)  # chunk, row, byte
+            for r in range(4):
+                rows[r, i, :2] = d[r]
+                rows[r, i, 2:] = qs[:, r, :].reshape(-1)
+        else:  # block_q8_Kx4: f32 d[4], qs[1024] in 8-byte chunks, bsums[64]
+            d = blk[:16].reshape(4, 4)
+            qs = blk[16:1040].reshape(32, 4, 8)
+            bsums = blk[1040:].view("<i2").reshape(4, 4, 4)  # pair of sub-blocks, row, 16-group
+            for r in range(4):
+                q = qs[:, r, :].reshape(-1)
+                sums = bsums[:, r, :].reshape(-1)
+                assert (sums == q.view(np.int8).astype(np.int16).reshape(16, 16).sum(axis=1)).all()
+                rows[r, i, :4] = d[r]
+                rows[r, i, 4:260] = q
+                rows[r, i, 260:] = sums.astype("<i2").view(np.uint8)
+    return rows.reshape(4, -1)
+
+
+def matmul_activations(rng, k):
+    """Eight activation rows of k (a multiple of 512) elements."""
+    x = np.zeros((8, k), np.float32)
+    x[0] = rng.standard_normal(k) * 0.05
+    x[0, rng.integers(0, k, 8)] *= 60
+    x[1] = rng.uniform(-3, 3, k)
+    # Largest magnitude reached by both signs in every 256-block, at various
+    # lanes and sub-blocks, negative first or positive first: the Q8_K 4x8
+    # quantizer and the reference pick opposite scale signs.
+    for r, (a, b) in zip((2, 3, 6), ((3, 200), (5, 13), (130, 7))):
+        x[r] = rng.standard_normal(k)
+        for blk in range(0, k, 256):
+            x[r, blk + a], x[r, blk + b] = -4.5, 4.5
+    x[3, 256:512] = -x[3, 256:512]
+    x[4] = rng.standard_t(3, k) * np.repeat(np.exp(rng.uniform(-6, 2, k // 32)), 32)
+    x[4, :256] = 0.0
+    x[5] = -np.abs(rng.standard_normal(k))
+    x[7] = (rng.integers(-253, 254, k) / 2).astype(np.float32)
+    return x
+
+
 def model_weights():
     """Real quantized rows from the dequant golden files, by type."""
     out = {}
@@ -202,6 +333,45 @@ def main():
             dots.append(([int(qtype), n, 0, 1], [w.tobytes(), np.array(res, "<f4").tobytes()]))
     write_records(os.path.join(HERE, "ggml_vec_dot.bin"), dots)
     print(f"{len(quant)} quantize, {len(acts)} activation, {len(dots)} vec_dot records")
+
+    # A separate generator keeps the files above unchanged.
+    rng = np.random.default_rng(8)
+    k = 512
+    x = matmul_activations(rng, k)
+    special = np.zeros((4, k), np.float32)
+    special[0] = rng.standard_normal(k)
+    special[0, [10, 300]] = [np.inf, -np.inf]
+    special[1] = rng.standard_normal(k)
+    special[1, [20, 400]] = np.nan
+    special[2] = -0.0
+    special[3] = rng.standard_normal(k) * 1e-40
+    repack_acts = []
+    for qtype in (T.Q8_0, T.Q8_K):
+        for rows in (x[:4], x[4:], special):
+            repack_acts.append(([int(qtype), k], [rows.tobytes(), quantize_mat_4x8(g, qtype, rows).tobytes()]))
+    write_records(os.path.join(HERE, "ggml_repack_act.bin"), repack_acts)
+
+    mm = GgmlMatmul(g)
+    ns = (1, 3, 4, 5, 8)
+    matmuls = [([k, len(x)], [x.tobytes()])]
+    for qtype in [T.F32, T.F16, T.BF16] + QUANT:
+        for m in (16, 12):
+            if qtype in (T.F32, T.F16, T.BF16):
+                w = (rng.standard_normal((m, k)) * 0.1).astype(np.float32)
+                w = w.view(np.uint8) if qtype == T.F32 else np.concatenate([g.quantize_ref(qtype, r) for r in w])
+            else:
+                w = np.concatenate([
+                    g.quantize_ref(qtype, (rng.standard_normal(k) * 0.02).astype(np.float32)) if r % 2 else
+                    random_blocks(rng, qtype, k) for r in range(m)])
+            outs, flags = [], set()
+            for n in ns:
+                res, repacked = mm.mul_mat(qtype, w, m, x[:n])
+                outs.append(res.astype("<f4").tobytes())
+                flags.add(repacked)
+            assert len(flags) == 1
+            matmuls.append(([int(qtype), m, int(flags.pop()), *ns], [w.tobytes(), *outs]))
+    write_records(os.path.join(HERE, "ggml_matmul.bin"), matmuls)
+    print(f"{len(repack_acts)} repacked activation, {len(matmuls) - 1} matmul records")
 
 
 if __name__ == "__main__":

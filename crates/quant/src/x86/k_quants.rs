@@ -1,0 +1,468 @@
+//! AVX2 kernels for the k-quants; the scalar models, with the lane layout
+//! these follow (`k_lanes`: element i of a super-block in i32 lane
+//! (i % 32) / 4), are in `crate::k_quants`.
+
+use std::arch::x86_64::*;
+
+use super::legacy::pack_i32x32;
+use super::{
+    bit_set, bytes, crumbs, f16_at, f16_pair, hsum_float_8, hsum_i32_8, i32x4, load_128, load_256,
+    load_ps, scales_16x2, store_256, store_i8x32, Affine,
+};
+use crate::float::f32_le;
+use crate::k_quants::{
+    check, q3_k_scales, quantize_row_q8_k_ref, scales_mins, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES,
+    Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES, QK_K,
+};
+
+/// The 32 activation quants of chunk `c` (elements 32c..32c + 32) of a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q8(by: &[u8], c: usize) -> __m256i {
+    load_256(bytes(by, 4 + 32 * c))
+}
+
+/// The 16 i16 block sums of a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q8_bsums(by: &[u8]) -> __m256i {
+    load_256(bytes(by, 260))
+}
+
+/// `maddubs` of unsigned quants with chunk `c`'s activations, times the
+/// scales of its two 16-element groups: eight i32 lanes of 4 elements.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scaled_chunk(q: __m256i, by: &[u8], c: usize, scales: __m256i) -> __m256i {
+    _mm256_madd_epi16(scales, _mm256_maddubs_epi16(q, q8(by, c)))
+}
+
+// ------------------------------------------------------------- dot products
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q2_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.chunks_exact(Q2_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = f32_le(by);
+        let [dx, mx] = f16_pair(bx, 80, bx, 82);
+        let (d, dmin) = (d8 * dx, -d8 * mx);
+        let sc = bytes::<16>(bx, 0);
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(load_128(sc)), _mm_set1_epi8(0xF));
+        let prod = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), q8_bsums(by));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let q = crumbs(load_256(bytes(bx, 16 + 32 * (c / 4))), 2 * (c % 4) as i32);
+            let s = scales_16x2(i32::from(sc[2 * c] & 0xF), i32::from(sc[2 * c + 1] & 0xF));
+            sumi = _mm256_add_epi32(sumi, scaled_chunk(q, by, c, s));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q3_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q3_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.chunks_exact(Q3_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d = f32_le(by) * f16_at(bx, 108);
+        let sc = q3_k_scales(bytes::<12>(bx, 96));
+        let hmask = load_256(bytes(bx, 0));
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let low = crumbs(load_256(bytes(bx, 32 + 32 * (c / 4))), 2 * (c % 4) as i32);
+            // 4 where the high bit is clear; q = low - high, as ggml
+            // subtracts the two maddubs products.
+            let high = _mm256_andnot_si256(bit_set(hmask, 1 << c), _mm256_set1_epi8(4));
+            let a = q8(by, c);
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(low, a), _mm256_maddubs_epi16(high, a));
+            let s = scales_16x2(sc[2 * c], sc[2 * c + 1]);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// The 5th bits of chunk `c` of a Q5_K block (`hbits`: its 32 qh bytes),
+/// as 0x10 or 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q5_high(hbits: __m256i, c: usize) -> __m256i {
+    _mm256_and_si256(bit_set(hbits, 1 << c), _mm256_set1_epi8(0x10))
+}
+
+/// The scaled quant lanes of a Q4_K / Q5_K super-block: sub-block c (scale
+/// `sm[c].0`) takes the low (c even) or high nibbles of the 32 bytes at
+/// `qs_at + 32 * (c / 2)`, plus, for Q5_K (`q5`), its 5th bits from qh.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn k4_lanes(bx: &[u8], by: &[u8], sm: &[(u8, u8); 8], qs_at: usize, q5: bool) -> __m256i {
+    let hbits = load_256(bytes(bx, 16));
+    let mut sumi = _mm256_setzero_si256();
+    for p in 0..4 {
+        let raw = load_256(bytes(bx, qs_at + 32 * p));
+        let mut lo = _mm256_and_si256(raw, _mm256_set1_epi8(0xF));
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), _mm256_set1_epi8(0xF));
+        if q5 {
+            lo = _mm256_or_si256(lo, q5_high(hbits, 2 * p));
+            hi = _mm256_or_si256(hi, q5_high(hbits, 2 * p + 1));
+        }
+        let (s_lo, s_hi) = (i32::from(sm[2 * p].0), i32::from(sm[2 * p + 1].0));
+        sumi = _mm256_add_epi32(sumi, scaled_chunk(lo, by, 2 * p, scales_16x2(s_lo, s_lo)));
+        sumi = _mm256_add_epi32(
+            sumi,
+            scaled_chunk(hi, by, 2 * p + 1, scales_16x2(s_hi, s_hi)),
+        );
+    }
+    sumi
+}
+
+/// The mins products of a Q4_K / Q5_K super-block: lane u holds
+/// `min_2u * sum_2u + min_2u+1 * sum_2u+1`, the sums of the 32-element
+/// sub-blocks formed by `_mm_hadd_epi16` of the block sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn k4_mins(by: &[u8], sm: &[(u8, u8); 8]) -> __m128i {
+    let bsums = q8_bsums(by);
+    let sums = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256::<1>(bsums),
+    );
+    let m = |j: usize| i16::from(sm[j].1);
+    let mins = _mm_setr_epi16(m(0), m(1), m(2), m(3), m(4), m(5), m(6), m(7));
+    _mm_madd_epi16(mins, sums)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q4_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (bx, by) in x.chunks_exact(Q4_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = f32_le(by);
+        let [dx, mx] = f16_pair(bx, 0, bx, 2);
+        let (d, dmin) = (d8 * dx, -d8 * mx);
+        let sm = scales_mins(bytes::<12>(bx, 4));
+        let prod = k4_mins(by, &sm);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        let sumi = k4_lanes(bx, by, &sm, 16, false);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    hsum_float_8(acc) + _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q5_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q5_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.chunks_exact(Q5_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = f32_le(by);
+        let [dx, mx] = f16_pair(bx, 0, bx, 2);
+        let (d, dmin) = (d8 * dx, -d8 * mx);
+        let sm = scales_mins(bytes::<12>(bx, 4));
+        let prod = k4_mins(by, &sm);
+        let p = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<1>(p)));
+        summs = dmin.mul_add(sum as f32, summs);
+        let sumi = k4_lanes(bx, by, &sm, 48, true);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q6_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.chunks_exact(Q6_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d = f32_le(by) * f16_at(bx, 208);
+        let sc = bytes::<16>(bx, 192);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let q = q6_chunk(bx, c);
+            let s = scales_16x2(i32::from(sc[2 * c] as i8), i32::from(sc[2 * c + 1] as i8));
+            sumi = _mm256_add_epi32(sumi, scaled_chunk(q, by, c, s));
+        }
+        // The quants are stored plus 32: subtract 32 * scale * (block sums).
+        let scales = _mm256_cvtepi8_epi16(load_128(sc));
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8_bsums(by), scales));
+        sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// The unsigned 6-bit quants of chunk `c` of a Q6_K block: elements
+/// 128h + 32k + l take the nibble of ql[64h + l + 32(k % 2)] (low for
+/// k < 2) and bits 2k.. of qh[32h + l].
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q6_chunk(bx: &[u8], c: usize) -> __m256i {
+    let (h, k) = (c / 4, c % 4);
+    let ql = load_256(bytes(bx, 64 * h + 32 * (k % 2)));
+    let low = if k < 2 {
+        ql
+    } else {
+        _mm256_srli_epi16::<4>(ql)
+    };
+    let low = _mm256_and_si256(low, _mm256_set1_epi8(0xF));
+    let high = crumbs(load_256(bytes(bx, 128 + 32 * h)), 2 * k as i32);
+    _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
+}
+
+/// The repacked Q4_K kernels' output (`crate::k_quants::gemv_q4_k_q8_k`,
+/// `gemm_q4_k_q8_k`): integer sums per pair of sub-blocks, accumulated
+/// per pair (`per_pair`, the gemm) or per super-block (the gemv).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) -> f32 {
+    check(n, x.len(), Q4_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (bx, by) in x.chunks_exact(Q4_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let d8 = f32_le(by);
+        let [dx, mx] = f16_pair(bx, 0, bx, 2);
+        let (d, dmin) = (dx * d8, mx * d8);
+        let sm = scales_mins(bytes::<12>(bx, 4));
+        // Lane p: min_2p * sum_2p + min_2p+1 * sum_2p+1, the pair's mins term.
+        let mins = i32x4(k4_mins(by, &sm));
+        let (mut lanes, mut imin) = (_mm256_setzero_si256(), 0i32);
+        for (p, &pair_min) in mins.iter().enumerate() {
+            let raw = load_256(bytes(bx, 16 + 32 * p));
+            let lo = _mm256_and_si256(raw, _mm256_set1_epi8(0xF));
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), _mm256_set1_epi8(0xF));
+            let (s_lo, s_hi) = (i32::from(sm[2 * p].0), i32::from(sm[2 * p + 1].0));
+            let pair = _mm256_add_epi32(
+                scaled_chunk(lo, by, 2 * p, scales_16x2(s_lo, s_lo)),
+                scaled_chunk(hi, by, 2 * p + 1, scales_16x2(s_hi, s_hi)),
+            );
+            if per_pair {
+                acc = (hsum_i32_8(pair) as f32).mul_add(d, acc);
+                acc_min = (pair_min as f32).mul_add(dmin, acc_min);
+            } else {
+                lanes = _mm256_add_epi32(lanes, pair);
+                imin += pair_min;
+            }
+        }
+        if !per_pair {
+            acc = (hsum_i32_8(lanes) as f32).mul_add(d, acc);
+            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+// ----------------------------------------------------- activation quantizers
+
+/// Writes the 16 sums of 16 quants of a Q8_K block.
+fn put_bsums(b: &mut [u8]) {
+    let (qs, bsums) = b[4..].split_at_mut(QK_K);
+    for (s, g) in bsums.chunks_exact_mut(2).zip(qs.chunks_exact(16)) {
+        let sum: i16 = g.iter().map(|&q| i16::from(q as i8)).sum();
+        s.copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+/// Quantizes a Q8_K block's 256 values with `iscale` (`_mm256_round_ps`
+/// half to even, then saturating packs) and writes d and the block sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q8_k_quants(x: &[f32], b: &mut [u8], iscale: f32, d: f32) {
+    b[..4].copy_from_slice(&d.to_le_bytes());
+    let mul = _mm256_set1_ps(iscale);
+    for c in 0..8 {
+        let mut i = [_mm256_setzero_si256(); 4];
+        for (j, i) in i.iter_mut().enumerate() {
+            let v = _mm256_mul_ps(load_ps(x, 32 * c + 8 * j), mul);
+            *i = _mm256_cvtps_epi32(_mm256_round_ps::<_MM_FROUND_TO_NEAREST_INT>(v));
+        }
+        let q: &mut [u8; 32] = (&mut b[4 + 32 * c..36 + 32 * c]).try_into().expect("block");
+        store_256(q, pack_i32x32(&i));
+    }
+    put_bsums(b);
+}
+
+/// `quantize_row_q8_k_ref`. Its `nearest_int` rounds half to even like
+/// `_mm256_round_ps` for the finite products here (|iscale * x| <= 127);
+/// blocks holding an infinity or NaN, or so small that the scale overflows,
+/// take the scalar model, whose `nearest_int` bit trick turns non-finite
+/// products into values no SIMD rounding reproduces.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn quantize_row_q8_k(src: &[f32], dst: &mut [u8]) {
+    check(src.len(), dst.len(), Q8_K_BYTES);
+    let sign = _mm256_set1_ps(-0.0);
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q8_K_BYTES)) {
+        let (mut max, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in 0..32 {
+            let a = _mm256_andnot_ps(sign, load_ps(x, 8 * i));
+            max = _mm256_max_ps(max, a);
+            // Not less than infinity: infinite or NaN.
+            odd = _mm256_or_ps(odd, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
+        }
+        if _mm256_movemask_ps(odd) != 0 {
+            quantize_row_q8_k_ref(x, b);
+            continue;
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(max), _mm256_castps256_ps128(max));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if amax == 0.0 {
+            b.fill(0);
+            continue;
+        }
+        // The reference scales by the first element of largest magnitude.
+        let at = (0..32)
+            .find_map(|i| {
+                let a = _mm256_andnot_ps(sign, load_ps(x, 8 * i));
+                let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, _mm256_set1_ps(amax)));
+                (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
+            })
+            .expect("the maximum is an element");
+        let iscale = -127.0 / x[at];
+        if !iscale.is_finite() {
+            quantize_row_q8_k_ref(x, b);
+            continue;
+        }
+        q8_k_quants(x, b, iscale, 1.0 / iscale);
+    }
+}
+
+/// `quantize_row_q8_k_4x8` (ggml's `ggml_quantize_mat_q8_K_4x8`, one row):
+/// the same lane masks, in the same instructions.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn quantize_row_q8_k_4x8(src: &[f32], dst: &mut [u8]) {
+    check(src.len(), dst.len(), Q8_K_BYTES);
+    let sign = _mm256_set1_ps(-0.0);
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q8_K_BYTES)) {
+        let (mut max, mut positive) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for sb in 0..8 {
+            let v = [0, 1, 2, 3].map(|j| load_ps(x, 32 * sb + 8 * j));
+            let a = v.map(|v| _mm256_andnot_ps(sign, v));
+            let prev = max;
+            max = if sb == 0 {
+                _mm256_max_ps(a[0], a[1])
+            } else {
+                _mm256_max_ps(_mm256_max_ps(prev, a[0]), a[1])
+            };
+            max = _mm256_max_ps(_mm256_max_ps(max, a[2]), a[3]);
+            let hit = v.map(|v| _mm256_cmp_ps::<_CMP_EQ_OQ>(max, v));
+            let hit = _mm256_or_ps(_mm256_or_ps(hit[0], hit[1]), _mm256_or_ps(hit[2], hit[3]));
+            if sb > 0 {
+                positive = _mm256_and_ps(positive, _mm256_cmp_ps::<_CMP_EQ_OQ>(prev, max));
+            }
+            positive = _mm256_or_ps(positive, hit);
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(max), _mm256_castps256_ps128(max));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let at_max = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_set1_ps(amax), max);
+        let flip = _mm256_movemask_ps(_mm256_and_ps(positive, at_max)) != 0;
+        let iscale = match (amax != 0.0, flip) {
+            (false, _) => 0.0,
+            (true, false) => 127.0 / amax,
+            (true, true) => -127.0 / amax,
+        };
+        let d = if amax != 0.0 { 1.0 / iscale } else { 0.0 };
+        q8_k_quants(x, b, iscale, d);
+    }
+}
+
+// ------------------------------------------------------------- dequantize
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q2_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q2_K_BYTES);
+    for (b, y) in src.chunks_exact(Q2_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let [d, min] = f16_pair(b, 80, b, 82);
+        let group = |g: usize| {
+            let dl = _mm256_set1_ps(d * f32::from(b[g] & 0xF));
+            let ml = _mm256_set1_ps(min * f32::from(b[g] >> 4));
+            Affine::MulSub(dl, ml)
+        };
+        for c in 0..8 {
+            let q = crumbs(load_256(bytes(b, 16 + 32 * (c / 4))), 2 * (c % 4) as i32);
+            store_i8x32(y, 32 * c, q, [group(2 * c), group(2 * c + 1)]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q3_K_BYTES);
+    for (b, y) in src.chunks_exact(Q3_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f16_at(b, 108);
+        let sc = q3_k_scales(bytes::<12>(b, 96));
+        let hmask = load_256(bytes(b, 0));
+        let group = |g: usize| Affine::Mul(_mm256_set1_ps(d * sc[g] as f32));
+        for c in 0..8 {
+            let low = crumbs(load_256(bytes(b, 32 + 32 * (c / 4))), 2 * (c % 4) as i32);
+            let high = _mm256_andnot_si256(bit_set(hmask, 1 << c), _mm256_set1_epi8(4));
+            let q = _mm256_sub_epi8(low, high);
+            store_i8x32(y, 32 * c, q, [group(2 * c), group(2 * c + 1)]);
+        }
+    }
+}
+
+/// Q4_K and Q5_K: d * scale * q - dmin * min per 32-element sub-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_k4(b: &[u8], y: &mut [f32], qs_at: usize, q5: bool) {
+    let [d, min] = f16_pair(b, 0, b, 2);
+    let sm = scales_mins(bytes::<12>(b, 4));
+    let hbits = load_256(bytes(b, 16));
+    for p in 0..4 {
+        let raw = load_256(bytes(b, qs_at + 32 * p));
+        let mut q = [
+            _mm256_and_si256(raw, _mm256_set1_epi8(0xF)),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(raw), _mm256_set1_epi8(0xF)),
+        ];
+        for (h, q) in q.iter_mut().enumerate() {
+            let c = 2 * p + h;
+            if q5 {
+                *q = _mm256_or_si256(*q, q5_high(hbits, c));
+            }
+            let d1 = _mm256_set1_ps(d * f32::from(sm[c].0));
+            let m1 = _mm256_set1_ps(min * f32::from(sm[c].1));
+            store_i8x32(y, 32 * c, *q, [Affine::MulSub(d1, m1); 2]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q4_K_BYTES);
+    for (b, y) in src.chunks_exact(Q4_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        dequantize_k4(b, y, 16, false);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q5_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q5_K_BYTES);
+    for (b, y) in src.chunks_exact(Q5_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        dequantize_k4(b, y, 48, true);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q6_k(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q6_K_BYTES);
+    for (b, y) in src.chunks_exact(Q6_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f16_at(b, 208);
+        let group = |g: usize| Affine::Mul(_mm256_set1_ps(d * f32::from(b[192 + g] as i8)));
+        for c in 0..8 {
+            let q = _mm256_sub_epi8(q6_chunk(b, c), _mm256_set1_epi8(32));
+            store_i8x32(y, 32 * c, q, [group(2 * c), group(2 * c + 1)]);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! AVX2 kernels for the 32-element block formats; the scalar models, with
+//! the lane layouts these follow, are in `crate::legacy`.
+
+use std::arch::x86_64::*;
+
+use super::{
+    bytes, bytes_from_bits_32, f16_at, f16_bits, f16_pair, hsum_float_8, hsum_i32_8, load_256,
+    load_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, nibbles_32, store_256, store_i8x32, Affine,
+};
+use crate::legacy::{check, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, QK};
+
+// ------------------------------------------------------------- dot products
+
+/// The product of a weight block's and an activation block's f16 scales.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn dxy(bx: &[u8], by: &[u8]) -> f32 {
+    let [dx, dy] = f16_pair(bx, 0, by, 0);
+    dx * dy
+}
+
+/// The legacy formats, as const-generic selectors for the kernels.
+pub(super) const Q4_0_T: u8 = 0;
+pub(super) const Q4_1_T: u8 = 1;
+pub(super) const Q5_0_T: u8 = 2;
+pub(super) const Q5_1_T: u8 = 3;
+pub(super) const Q8_0_T: u8 = 4;
+
+/// The weight quants of a block of format `F` as 32 bytes: signed for the
+/// formats paired with Q8_0, unsigned (0..31) for those with a min.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn weight_quants<const F: u8>(bx: &[u8]) -> __m256i {
+    match F {
+        Q4_0_T => _mm256_sub_epi8(nibbles_32(bytes(bx, 2)), _mm256_set1_epi8(8)),
+        Q4_1_T => nibbles_32(bytes(bx, 4)),
+        // A clear 5th bit ORs in 0xF0: q - 16 as i8.
+        Q5_0_T => _mm256_or_si256(
+            nibbles_32(bytes(bx, 6)),
+            _mm256_andnot_si256(bytes_from_bits_32(bytes(bx, 2)), _mm256_set1_epi8(-16)),
+        ),
+        Q5_1_T => _mm256_or_si256(
+            nibbles_32(bytes(bx, 8)),
+            _mm256_and_si256(bytes_from_bits_32(bytes(bx, 4)), _mm256_set1_epi8(0x10)),
+        ),
+        _ => load_256(bytes(bx, 2)),
+    }
+}
+
+/// Block and activation block sizes of format `F`, and whether it has a
+/// min (pairs with Q8_1, unsigned weight quants).
+const fn layout(f: u8) -> (usize, usize, bool) {
+    match f {
+        Q4_0_T => (Q4_0, Q8_0, false),
+        Q4_1_T => (Q4_1, Q8_1, true),
+        Q5_0_T => (Q5_0, Q8_0, false),
+        Q5_1_T => (Q5_1, Q8_1, true),
+        _ => (Q8_0, Q8_0, false),
+    }
+}
+
+/// One block of one (weight row, activation row) pair, as ggml's x86 AVX2
+/// `ggml_vec_dot_<F>_<q8>` accumulates it: the scalar `m * s` sum (FMA-
+/// contracted) for formats with a min, then one 8-lane FMA of d with the
+/// integer pair sums. A macro, so that every use is inlined and each
+/// accumulator stays in a register.
+macro_rules! step {
+    ($f:expr, $bx:expr, $by:expr, $qx:expr, $qy:expr, $acc:expr, $summs:expr) => {{
+        let (_, _, with_min) = layout($f);
+        let q = if with_min {
+            let [m, s] = f16_pair($bx, 2, $by, 2);
+            $summs = m.mul_add(s, $summs);
+            mul_sum_us8_pairs($qx, $qy)
+        } else {
+            mul_sum_i8_pairs($qx, $qy)
+        };
+        let d = _mm256_set1_ps(dxy($bx, $by));
+        $acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), $acc);
+    }};
+}
+
+/// The final reduction: `hsum_float_8`, plus the min term where there is one.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn finish<const F: u8>(acc: __m256, summs: f32) -> f32 {
+    let sum = hsum_float_8(acc);
+    if layout(F).2 {
+        sum + summs
+    } else {
+        sum
+    }
+}
+
+/// ggml's x86 AVX2 `ggml_vec_dot_<F>_<q8>`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot<const F: u8>(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    let (wb, ab, _) = layout(F);
+    check(n, x.len(), wb);
+    check(n, y.len(), ab);
+    let (mut acc, mut summs) = (_mm256_setzero_ps(), 0f32);
+    for (bx, by) in x.chunks_exact(wb).zip(y.chunks_exact(ab)) {
+        let qy = load_256(bytes(by, ab - 32));
+        step!(F, bx, by, weight_quants::<F>(bx), qy, acc, summs);
+    }
+    finish::<F>(acc, summs)
+}
+
+/// [`vec_dot`] for one weight row against four activation rows: each
+/// weight block is unpacked once, and the four independent FMA chains
+/// overlap. Each output is bit-identical to the one-row kernel's. (Four
+/// weight rows against one activation would overlap the chains as well,
+/// but streaming four rows at once defeats the prefetchers: slower.)
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_1x4<const F: u8>(n: usize, x: &[u8], y: [&[u8]; 4]) -> [f32; 4] {
+    let (wb, ab, _) = layout(F);
+    check(n, x.len(), wb);
+    for y in y {
+        check(n, y.len(), ab);
+    }
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let (mut s0, mut s1, mut s2, mut s3) = (0f32, 0f32, 0f32, 0f32);
+    for (i, bx) in x.chunks_exact(wb).enumerate() {
+        let qx = weight_quants::<F>(bx);
+        let blk = i * ab..(i + 1) * ab;
+        let (b0, b1, b2, b3) = (
+            &y[0][blk.clone()],
+            &y[1][blk.clone()],
+            &y[2][blk.clone()],
+            &y[3][blk],
+        );
+        step!(F, bx, b0, qx, load_256(bytes(b0, ab - 32)), a0, s0);
+        step!(F, bx, b1, qx, load_256(bytes(b1, ab - 32)), a1, s1);
+        step!(F, bx, b2, qx, load_256(bytes(b2, ab - 32)), a2, s2);
+        step!(F, bx, b3, qx, load_256(bytes(b3, ab - 32)), a3, s3);
+    }
+    [
+        finish::<F>(a0, s0),
+        finish::<F>(a1, s1),
+        finish::<F>(a2, s2),
+        finish::<F>(a3, s3),
+    ]
+}
+
+/// The repacked Q4_0 kernels' output (`crate::legacy::gemv_q4_0_q8_0`):
+/// one FMA per block of the block's whole integer dot.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_0_repacked_dot(n: usize, x: &[u8], y: &[u8], weights_first: bool) -> f32 {
+    check(n, x.len(), Q4_0);
+    check(n, y.len(), Q8_0);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(Q4_0).zip(y.chunks_exact(Q8_0)) {
+        let d = dxy(bx, by);
+        let qx = _mm256_sub_epi8(nibbles_32(bytes(bx, 2)), _mm256_set1_epi8(8));
+        let qy = load_256(bytes(by, 2));
+        let lanes = if weights_first {
+            mul_sum_i8_pairs(qx, qy)
+        } else {
+            mul_sum_i8_pairs(qy, qx)
+        };
+        acc = (hsum_i32_8(lanes) as f32).mul_add(d, acc);
+    }
+    acc
+}
+
+// ----------------------------------------------------- activation quantizers
+
+/// One block as ggml's AVX2 `quantize_row_q8_0/q8_1`: writes the quants,
+/// returns d and the i32 sum of the quants before saturation.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_block(x: &[f32], qs: &mut [u8; 32]) -> (f32, i32) {
+    let sign = _mm256_set1_ps(-0.0);
+    let v = [load_ps(x, 0), load_ps(x, 8), load_ps(x, 16), load_ps(x, 24)];
+    let mut max = _mm256_andnot_ps(sign, v[0]);
+    for &vj in &v[1..] {
+        max = _mm256_max_ps(max, _mm256_andnot_ps(sign, vj));
+    }
+    let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(max), _mm256_castps256_ps128(max));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let d = amax / 127.0;
+    let mul = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+    let mut i = [_mm256_setzero_si256(); 4];
+    for (i, &vj) in i.iter_mut().zip(&v) {
+        let r = _mm256_round_ps::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(vj, mul));
+        *i = _mm256_cvtps_epi32(r);
+    }
+    let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    store_256(qs, pack_i32x32(&i));
+    (d, hsum_i32_8(sum))
+}
+
+/// 32 i32 lanes to i8 with signed saturation, in order (`packs` works per
+/// 128-bit half, so the dwords come out as 0, 4, 1, 5, ... and are permuted).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn pack_i32x32(i: &[__m256i; 4]) -> __m256i {
+    let a = _mm256_packs_epi32(i[0], i[1]);
+    let b = _mm256_packs_epi32(i[2], i[3]);
+    let p = _mm256_packs_epi16(a, b);
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
+    check(src.len(), dst.len(), Q8_0);
+    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(Q8_0)) {
+        let (head, qs) = b.split_at_mut(2);
+        let (d, _) = q8_block(x, qs.try_into().expect("block"));
+        head.copy_from_slice(&f16_bits(d).to_le_bytes());
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn quantize_row_q8_1(src: &[f32], dst: &mut [u8]) {
+    check(src.len(), dst.len(), Q8_1);
+    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(Q8_1)) {
+        let (head, qs) = b.split_at_mut(4);
+        let (d, sum) = q8_block(x, qs.try_into().expect("block"));
+        head[..2].copy_from_slice(&f16_bits(d).to_le_bytes());
+        head[2..].copy_from_slice(&f16_bits(d * sum as f32).to_le_bytes());
+    }
+}
+
+// ------------------------------------------------------------- dequantize
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q4_0(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q4_0);
+    for (b, y) in src.chunks_exact(Q4_0).zip(dst.chunks_exact_mut(QK)) {
+        let q = _mm256_sub_epi8(nibbles_32(bytes(b, 2)), _mm256_set1_epi8(8));
+        store_i8x32(y, 0, q, [Affine::Mul(_mm256_set1_ps(f16_at(b, 0))); 2]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q4_1(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q4_1);
+    for (b, y) in src.chunks_exact(Q4_1).zip(dst.chunks_exact_mut(QK)) {
+        let [d, m] = f16_pair(b, 0, b, 2);
+        let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+        store_i8x32(y, 0, nibbles_32(bytes(b, 4)), [Affine::MulAdd(d, m); 2]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q5_0(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q5_0);
+    for (b, y) in src.chunks_exact(Q5_0).zip(dst.chunks_exact_mut(QK)) {
+        let high = _mm256_and_si256(bytes_from_bits_32(bytes(b, 2)), _mm256_set1_epi8(0x10));
+        let q = _mm256_or_si256(nibbles_32(bytes(b, 6)), high);
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        store_i8x32(y, 0, q, [Affine::Mul(_mm256_set1_ps(f16_at(b, 0))); 2]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q5_1(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q5_1);
+    for (b, y) in src.chunks_exact(Q5_1).zip(dst.chunks_exact_mut(QK)) {
+        let high = _mm256_and_si256(bytes_from_bits_32(bytes(b, 4)), _mm256_set1_epi8(0x10));
+        let q = _mm256_or_si256(nibbles_32(bytes(b, 8)), high);
+        let [d, m] = f16_pair(b, 0, b, 2);
+        let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+        store_i8x32(y, 0, q, [Affine::MulAdd(d, m); 2]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dequantize_row_q8_0(src: &[u8], dst: &mut [f32]) {
+    check(dst.len(), src.len(), Q8_0);
+    for (b, y) in src.chunks_exact(Q8_0).zip(dst.chunks_exact_mut(QK)) {
+        let d = _mm256_set1_ps(f16_at(b, 0));
+        store_i8x32(y, 0, load_256(bytes(b, 2)), [Affine::Mul(d); 2]);
+    }
+}

@@ -1,0 +1,409 @@
+//! x86-64 AVX2 + FMA + F16C kernels.
+//!
+//! Each kernel computes exactly what its scalar model in the parent modules
+//! computes (which is what ggml's AVX2 code computes): the same integer
+//! lanes, the same FMAs per f32 lane, the same reduction trees, so outputs
+//! are bit-identical; tests/simd.rs checks that on random data. Where an
+//! integer step can saturate (`maddubs` on extreme Q8_0 pairs) these use the
+//! same instruction on the same byte pairs as ggml; everywhere else the
+//! integer sums are exact (or wrap identically), so only their assignment
+//! to lanes matters, not the order in which the instructions form them.
+//!
+//! The entry points are safe: they check [`available`] and return `None`
+//! (the caller then runs the scalar model) on CPUs without the features.
+
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::{DotKernel, GgmlType};
+
+mod float;
+mod k_quants;
+mod legacy;
+
+/// Whether AVX2, FMA and F16C are all available, detected once: the
+/// kernels are called per row, so the answer is kept in an atomic.
+pub(crate) fn available() -> bool {
+    const UNKNOWN: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match STATE.load(Ordering::Relaxed) {
+        NO => false,
+        YES => true,
+        _ => {
+            let yes = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            STATE.store(if yes { YES } else { NO }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+/// `N` bytes at `b[at..]` as an array reference (panics if out of bounds;
+/// with constant offsets into fixed-size blocks the check folds away).
+#[inline]
+fn bytes<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
+    b[at..at + N].try_into().expect("in bounds")
+}
+
+// Loads and stores go through `transmute` of arrays rather than the
+// `loadu` / `storeu` intrinsics: those are built on `ptr::copy_nonoverlapping`,
+// whose precondition checks (on in the debug-assertion builds Quarrel
+// benchmarks with) cost a compare and a spill per load in the hot loops.
+// The generated code is the same unaligned vector load or store.
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: both types are 32 bytes and every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<[u8; 32], __m256i>(*b) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_128(b: &[u8; 16]) -> __m128i {
+    // SAFETY: both types are 16 bytes and every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<[u8; 16], __m128i>(*b) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_256(b: &mut [u8; 32], v: __m256i) {
+    // SAFETY: both types are 32 bytes and every bit pattern is valid for both.
+    *b = unsafe { std::mem::transmute::<__m256i, [u8; 32]>(v) };
+}
+
+/// The four i32 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn i32x4(v: __m128i) -> [i32; 4] {
+    // SAFETY: both types are 16 bytes and every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<__m128i, [i32; 4]>(v) }
+}
+
+/// Eight f32 from `x[at..at + 8]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_ps(x: &[f32], at: usize) -> __m256 {
+    let v: &[f32; 8] = x[at..at + 8].try_into().expect("in bounds");
+    // SAFETY: both types are 32 bytes and every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<[f32; 8], __m256>(*v) }
+}
+
+/// Stores eight f32 at `y[at..at + 8]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_ps(y: &mut [f32], at: usize, v: __m256) {
+    let d: &mut [f32; 8] = (&mut y[at..at + 8]).try_into().expect("in bounds");
+    // SAFETY: both types are 32 bytes and every bit pattern is valid for both.
+    *d = unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) };
+}
+
+/// The f16 at `b[at..at + 2]`, widened by F16C (exact, like `f16_le`).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_pair(b, at, b, at)[0]
+}
+
+/// The f16s at `a[i..i + 2]` and `b[j..j + 2]`, widened together. Both
+/// halves of the 32-bit input are used, so LLVM moves it in with `vmovd`;
+/// for a lone f16 it merges the 16 bits into a stale register (`vpinsrw`),
+/// a false dependency that chains the loops' iterations through it.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_pair(a: &[u8], i: usize, b: &[u8], j: usize) -> [f32; 2] {
+    let bits = u32::from(u16::from_le_bytes([a[i], a[i + 1]]))
+        | u32::from(u16::from_le_bytes([b[j], b[j + 1]])) << 16;
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    [_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v))]
+}
+
+/// f32 to f16 bits by F16C, round to nearest even (as `f16c_fp32_to_fp16`).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_bits(x: f32) -> u16 {
+    _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))) as u16
+}
+
+/// ggml's `hsum_float_8`: (hi + lo), then lanes 0 + 2 and 1 + 3, then the two.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_float_8(x: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+}
+
+/// The (wrapping) sum of eight i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32_8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// ggml's `mul_sum_us8_pairs` before the conversion: u8 x i8 products
+/// summed by `maddubs` pairs (saturating), then pairs of pairs.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_sum_us8_pairs(ax: __m256i, sy: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy))
+}
+
+/// ggml's `mul_sum_i8_pairs` before the conversion: |x| times y carrying
+/// x's sign (`sign_epi8`, so -(-128) wraps), then as [`mul_sum_us8_pairs`].
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
+    mul_sum_us8_pairs(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// ggml's `bytes_from_nibbles_32`: the 32 nibbles of 16 bytes, low nibbles
+/// first, as bytes 0..16.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles_32(b: &[u8; 16]) -> __m256i {
+    let v = load_128(b);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+}
+
+/// ggml's `bytes_from_bits_32`: byte i is 0xFF where bit i of the u32 is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bytes_from_bits_32(b: &[u8; 4]) -> __m256i {
+    let x = _mm256_set1_epi32(i32::from_le_bytes(*b));
+    let spread = _mm256_shuffle_epi8(
+        x,
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1))
+}
+
+/// Eight i8 lanes (the low 8 bytes of `v`) widened to f32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn i8x8_to_ps(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+/// How a dequantizer maps a quant q (as f32) to its value, with the scalar
+/// models' separate (unfused) operations.
+#[derive(Clone, Copy)]
+enum Affine {
+    /// q * d
+    Mul(__m256),
+    /// q * d + m
+    MulAdd(__m256, __m256),
+    /// d * q - m
+    MulSub(__m256, __m256),
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn apply(q: __m256, f: Affine) -> __m256 {
+    match f {
+        Affine::Mul(d) => _mm256_mul_ps(q, d),
+        Affine::MulAdd(d, m) => _mm256_add_ps(_mm256_mul_ps(q, d), m),
+        Affine::MulSub(d, m) => _mm256_sub_ps(_mm256_mul_ps(d, q), m),
+    }
+}
+
+/// Writes the 32 i8 quants of `q` to `y[at..at + 32]` through `f[0]` (the
+/// first 16) and `f[1]` (the last 16).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_i8x32(y: &mut [f32], at: usize, q: __m256i, f: [Affine; 2]) {
+    let lo = _mm256_castsi256_si128(q);
+    let hi = _mm256_extracti128_si256::<1>(q);
+    for (i, part) in [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+        .into_iter()
+        .enumerate()
+    {
+        store_ps(y, at + 8 * i, apply(i8x8_to_ps(part), f[i / 2]));
+    }
+}
+
+/// Sixteen i16 lanes: `lo` in the first eight, `hi` in the last eight (the
+/// scales of a 32-element chunk's two 16-element groups).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scales_16x2(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// Bits `shift..shift + 2` of every byte of `v`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn crumbs(v: __m256i, shift: i32) -> __m256i {
+    _mm256_and_si256(
+        _mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)),
+        _mm256_set1_epi8(3),
+    )
+}
+
+/// 0xFF in the bytes of `v` that have all the bits of `mask` set.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bit_set(v: __m256i, mask: u8) -> __m256i {
+    let m = _mm256_set1_epi8(mask as i8);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m)
+}
+
+// ---------------------------------------------------------------- dispatch
+//
+// Each entry point returns `None` / `false` when the CPU lacks the features
+// or the type has no kernel here; the caller then runs the scalar model.
+
+/// Runs legacy kernel `$kernel` monomorphised for the format selector `$f`.
+macro_rules! by_format {
+    ($f:expr, $kernel:ident, $($arg:expr),*) => {
+        // SAFETY (each call): the caller checked `available()` (AVX2, FMA,
+        // F16C); the kernels check slice lengths themselves.
+        unsafe {
+            match $f {
+                legacy::Q4_0_T => legacy::$kernel::<{ legacy::Q4_0_T }>($($arg),*),
+                legacy::Q4_1_T => legacy::$kernel::<{ legacy::Q4_1_T }>($($arg),*),
+                legacy::Q5_0_T => legacy::$kernel::<{ legacy::Q5_0_T }>($($arg),*),
+                legacy::Q5_1_T => legacy::$kernel::<{ legacy::Q5_1_T }>($($arg),*),
+                _ => legacy::$kernel::<{ legacy::Q8_0_T }>($($arg),*),
+            }
+        }
+    };
+}
+
+/// `crate::vec_dot` for `ty`.
+pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    if let Some(f) = legacy_format(ty) {
+        return Some(by_format!(f, vec_dot, n, x, y));
+    }
+    use GgmlType::*;
+    // SAFETY (each call): `available()` checked AVX2, FMA and F16C; the
+    // kernels check slice lengths themselves.
+    Some(unsafe {
+        match ty {
+            F32 => float::vec_dot_f32(n, x, y),
+            F16 => float::vec_dot_f16(n, x, y),
+            Bf16 => float::vec_dot_bf16(n, x, y),
+            Q2K => k_quants::vec_dot_q2_k_q8_k(n, x, y),
+            Q3K => k_quants::vec_dot_q3_k_q8_k(n, x, y),
+            Q4K => k_quants::vec_dot_q4_k_q8_k(n, x, y),
+            Q5K => k_quants::vec_dot_q5_k_q8_k(n, x, y),
+            Q6K => k_quants::vec_dot_q6_k_q8_k(n, x, y),
+            _ => return None,
+        }
+    })
+}
+
+/// `crate::dot_multi` for `ty`: one weight row against four activation
+/// rows (the 32-element formats).
+pub(crate) fn vec_dot_1x4(ty: GgmlType, n: usize, x: &[u8], y: [&[u8]; 4]) -> Option<[f32; 4]> {
+    let f = legacy_format(ty)?;
+    available().then(|| by_format!(f, vec_dot_1x4, n, x, y))
+}
+
+/// The const-generic selector of a 32-element format.
+fn legacy_format(ty: GgmlType) -> Option<u8> {
+    Some(match ty {
+        GgmlType::Q4_0 => legacy::Q4_0_T,
+        GgmlType::Q4_1 => legacy::Q4_1_T,
+        GgmlType::Q5_0 => legacy::Q5_0_T,
+        GgmlType::Q5_1 => legacy::Q5_1_T,
+        GgmlType::Q8_0 => legacy::Q8_0_T,
+        _ => return None,
+    })
+}
+
+/// `crate::dot` for the repacked kernels.
+pub(crate) fn repacked_dot(
+    kernel: DotKernel,
+    ty: GgmlType,
+    n: usize,
+    x: &[u8],
+    y: &[u8],
+) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    let gemm = kernel == DotKernel::Gemm;
+    // SAFETY (each call): `available()` checked AVX2, FMA and F16C; the
+    // kernels check slice lengths themselves.
+    Some(unsafe {
+        match ty {
+            // The gemv takes |weight| in its sign trick, the gemm |activation|.
+            GgmlType::Q4_0 => legacy::q4_0_repacked_dot(n, x, y, !gemm),
+            GgmlType::Q4K => k_quants::q4_k_repacked_dot(n, x, y, gemm),
+            _ => return None,
+        }
+    })
+}
+
+/// Activation quantization to `act_ty` (a vec_dot type), as
+/// `crate::quantize_activation`; `gemm_4x8` selects the Q8_K quantizer of
+/// the repacked gemm. Returns whether it ran.
+pub(crate) fn quantize_activation(
+    act_ty: GgmlType,
+    gemm_4x8: bool,
+    src: &[f32],
+    dst: &mut [u8],
+) -> bool {
+    if !available() {
+        return false;
+    }
+    // SAFETY (each call): `available()` checked AVX2, FMA and F16C; the
+    // kernels check slice lengths themselves.
+    unsafe {
+        match act_ty {
+            GgmlType::F16 => float::cpu_fp32_to_fp16(src, dst),
+            GgmlType::Bf16 => float::fp32_to_bf16_row(src, dst),
+            GgmlType::Q8_0 => legacy::quantize_row_q8_0(src, dst),
+            GgmlType::Q8_1 => legacy::quantize_row_q8_1(src, dst),
+            GgmlType::Q8K if gemm_4x8 => k_quants::quantize_row_q8_k_4x8(src, dst),
+            GgmlType::Q8K => k_quants::quantize_row_q8_k(src, dst),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `crate::dequantize_row` for `ty`. Returns whether it ran.
+pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> bool {
+    if !available() {
+        return false;
+    }
+    use GgmlType::*;
+    // SAFETY (each call): `available()` checked AVX2, FMA and F16C; the
+    // kernels check slice lengths themselves.
+    unsafe {
+        match ty {
+            F16 => float::fp16_to_fp32_row(src, dst),
+            Bf16 => float::bf16_to_fp32_row(src, dst),
+            Q4_0 => legacy::dequantize_row_q4_0(src, dst),
+            Q4_1 => legacy::dequantize_row_q4_1(src, dst),
+            Q5_0 => legacy::dequantize_row_q5_0(src, dst),
+            Q5_1 => legacy::dequantize_row_q5_1(src, dst),
+            Q8_0 => legacy::dequantize_row_q8_0(src, dst),
+            Q2K => k_quants::dequantize_row_q2_k(src, dst),
+            Q3K => k_quants::dequantize_row_q3_k(src, dst),
+            Q4K => k_quants::dequantize_row_q4_k(src, dst),
+            Q5K => k_quants::dequantize_row_q5_k(src, dst),
+            Q6K => k_quants::dequantize_row_q6_k(src, dst),
+            _ => return false,
+        }
+    }
+    true
+}
