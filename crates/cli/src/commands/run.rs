@@ -139,12 +139,14 @@ pub fn generate(
             out.top_logprobs.push(top_k(&logprobs, opts.top_logprobs));
         }
         let token = sampler.sample(logits_row);
+        sampler.accept(token);
+        out.tokens.push(token);
+        // As llama.cpp, the end-of-generation token is reported among the
+        // tokens (and counts toward -n) but adds no text.
         if !opts.ignore_eos && tokenizer.is_eog(token) {
             out.stop_type = "eos";
             break;
         }
-        sampler.accept(token);
-        out.tokens.push(token);
         let piece = decoder.push(token);
         if !piece.is_empty() {
             (opts.on_text)(&piece);

@@ -5,6 +5,8 @@
 //! round Q to f16 and accumulate V·softmax in f16, one key at a time;
 //! larger batches work in f32, 64 keys per tile.
 
+use std::ops::Range;
+
 use half::f16;
 use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
@@ -16,6 +18,11 @@ use crate::tensor::{CpuKvCache, CpuTensor};
 /// Queries of one sequence from which the f32 tiled path is used.
 const TILE_Q: usize = 64;
 const TILE_KV: usize = 64;
+/// ggml pads the cache length it attends over to 256 positions, and splits
+/// a single query's keys across threads from 512 (see attend_f16).
+const KV_PAD: usize = 256;
+const SPLIT_KV_MIN: usize = 512;
+const SPLIT_KV_CHUNKS: usize = 2;
 
 /// Writes the batch's K and V into their cache slots.
 fn store_kv(
@@ -86,18 +93,21 @@ impl HeadCtx<'_> {
         &self.v_cache[slot as usize * self.v_dim + self.kv_head * dv..][..dv]
     }
 
-    /// ggml's one-key-at-a-time path: Q and the accumulator in f16.
-    fn attend_f16(&self, q: &[f32], vis: &Visible<'_>, out: &mut [f32]) {
-        let dv = self.p.head_dim_v;
-        let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
-        for (d, &x) in q16.iter_mut().zip(q) {
-            *d = f16::from_f32(x);
-        }
-        let q16 = &q16[..q.len()];
+    /// ggml's one-key-at-a-time path over the keys at positions `keys`:
+    /// Q and the accumulator in f16. Returns the running max and sum, and
+    /// the unnormalised accumulator in `acc_out`.
+    fn attend_f16_chunk(
+        &self,
+        q16: &[f16],
+        vis: &Visible<'_>,
+        keys: Range<usize>,
+        acc_out: &mut [f32],
+    ) -> (f32, f32) {
         let mut acc = [f16::ZERO; MAX_HEAD_DIM];
-        let acc = &mut acc[..dv];
+        let acc = &mut acc[..self.p.head_dim_v];
         let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
-        for &slot in &vis.slots[vis.lo..=vis.pos] {
+        let keys = keys.start.max(vis.lo)..keys.end.min(vis.pos + 1);
+        for &slot in &vis.slots[keys] {
             let score = dot_f16(q16, self.key(slot)) * self.p.kq_scale;
             let (mut ms, mut vs) = (1.0f32, 1.0f32);
             if score > m {
@@ -110,9 +120,49 @@ impl HeadCtx<'_> {
             mad_f16(acc, self.value(slot), vs);
             s = s.mul_add(ms, vs);
         }
-        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-        for (o, a) in out.iter_mut().zip(acc.iter()) {
-            *o = a.to_f32() * inv;
+        for (o, a) in acc_out.iter_mut().zip(acc.iter()) {
+            *o = a.to_f32();
+        }
+        (m, s)
+    }
+
+    /// One query through ggml's f16 path. Past 512 cache positions ggml
+    /// splits the keys in one chunk per thread and merges the partial
+    /// softmaxes in f32; the split follows the reference machine's two
+    /// threads, so results do not depend on our own thread count.
+    fn attend_f16(&self, q: &[f32], vis: &Visible<'_>, n_kv: usize, out: &mut [f32]) {
+        let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+        for (d, &x) in q16.iter_mut().zip(q) {
+            *d = f16::from_f32(x);
+        }
+        let q16 = &q16[..q.len()];
+        if n_kv < SPLIT_KV_MIN {
+            let (_, s) = self.attend_f16_chunk(q16, vis, 0..n_kv, out);
+            let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+            out.iter_mut().for_each(|o| *o *= inv);
+            return;
+        }
+        let chunk = n_kv.div_ceil(SPLIT_KV_CHUNKS);
+        let mut part = [0f32; MAX_HEAD_DIM];
+        let part = &mut part[..out.len()];
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
+        for c in 0..SPLIT_KV_CHUNKS {
+            let (mc, sc) = self.attend_f16_chunk(q16, vis, c * chunk..(c + 1) * chunk, part);
+            if sc == 0.0 {
+                continue;
+            }
+            let m_new = m.max(mc);
+            let (old, new) = ((m - m_new).exp(), (mc - m_new).exp());
+            for (o, &p) in out.iter_mut().zip(part.iter()) {
+                *o = o.mul_add(old, p * new);
+            }
+            s = s.mul_add(old, sc * new);
+            m = m_new;
+        }
+        if s != 0.0 {
+            let inv = 1.0 / s;
+            out.iter_mut().for_each(|o| *o *= inv);
         }
     }
 
@@ -184,6 +234,7 @@ pub fn attention(
     let group = p.n_head / p.n_head_kv;
     let (k_cache, v_cache) = (&cache.k[layer][..], &cache.v[layer][..]);
     let (k_dim, v_dim) = (cache.k_dim, cache.v_dim);
+    let n_slots = k_cache.len() / k_dim;
     let q_cols = q.cols;
     for seq in seqs {
         let rows = seq.rows.clone();
@@ -210,7 +261,10 @@ pub fn attention(
                 if f32_path {
                     ctx.attend_f32(qh, &vis, o);
                 } else {
-                    ctx.attend_f16(qh, &vis, o);
+                    let n_kv = (positions[r] as usize + 1)
+                        .next_multiple_of(KV_PAD)
+                        .min(n_slots);
+                    ctx.attend_f16(qh, &vis, n_kv, o);
                 }
             });
     }
