@@ -12,8 +12,20 @@ use serde_json::Value;
 /// numeric near-tie rather than a bug (the issue's criterion).
 const NEAR_TIE: f64 = 0.05;
 /// Largest accepted difference between our log-probability of llama.cpp's
-/// chosen token and llama.cpp's, before any divergence.
-const LOGPROB_TOLERANCE: f64 = 0.1;
+/// chosen token and llama.cpp's, before any divergence. Measured: at most
+/// 0.0008 everywhere but the one case below.
+const LOGPROB_TOLERANCE: f64 = 0.01;
+
+/// Understood deviations: (model, prompt prefix, bound, why). Each must
+/// still occur (the test fails when it disappears, so the list stays true).
+const KNOWN_LOGPROB_DRIFT: &[(&str, &str, f64, &str)] = &[(
+    "gemma",
+    "The history of computing",
+    0.2,
+    "llama-server keeps a separate, pruned cache for gemma's windowed layers; \
+     decode steps past 512 positions attend over it in an order we do not \
+     reproduce yet (tokens stay identical; measured drift 0.13)",
+)];
 
 struct Outcome {
     identical: bool,
@@ -87,13 +99,32 @@ fn check_prompt(model: &str, case: &Value) -> Outcome {
         }
     }
     assert_eq!(got.len(), want.len(), "{model}: {prompt:?}: length");
-    assert!(
-        max_dlp < LOGPROB_TOLERANCE,
-        "{model}: {prompt:?}: log-probabilities differ from llama.cpp's by up to {max_dlp:.4}"
-    );
+    let known = KNOWN_LOGPROB_DRIFT
+        .iter()
+        .find(|(m, p, _, _)| *m == model && prompt.starts_with(p));
+    let note = match known {
+        Some((_, _, bound, why)) => {
+            assert!(
+                max_dlp >= LOGPROB_TOLERANCE,
+                "{model}: {prompt:?}: the known drift is gone ({max_dlp:.4}): drop it from the list"
+            );
+            assert!(
+                max_dlp < *bound,
+                "{model}: {prompt:?}: drift {max_dlp:.4} ({why})"
+            );
+            format!("{prompt:?}: identical tokens, known log-prob drift {max_dlp:.4} ({why})")
+        }
+        None => {
+            assert!(
+                max_dlp < LOGPROB_TOLERANCE,
+                "{model}: {prompt:?}: log-probabilities differ from llama.cpp's by up to {max_dlp:.4}"
+            );
+            format!("{prompt:?}: identical, max |Δlogprob| {max_dlp:.4}")
+        }
+    };
     Outcome {
         identical: true,
-        note: format!("{prompt:?}: identical, max |Δlogprob| {max_dlp:.4}"),
+        note,
     }
 }
 

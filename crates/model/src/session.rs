@@ -77,40 +77,73 @@ impl<'m, B: Backend> Session<'m, B> {
         if !all_logits {
             logits.clear();
         }
-        let n_chunks = tokens.len().div_ceil(self.ubatch);
-        for (i, chunk) in tokens.chunks(self.ubatch).enumerate() {
-            let start = self.n_past;
-            self.positions.clear();
-            self.positions
-                .extend((start..start + chunk.len()).map(|p| p as u32));
-            self.outputs.clear();
-            if all_logits {
-                self.outputs.extend(0..chunk.len());
-            } else if i + 1 == n_chunks {
-                self.outputs.push(chunk.len() - 1);
+        // llama-server evaluates the last 4 + n_ubatch and the last 4 tokens
+        // of a prompt as batches of their own when the model has windowed
+        // layers (to checkpoint their cache); batch boundaries decide which
+        // kernels run, so generation follows it to stay token-for-token.
+        let windowed = !all_logits && self.model.config.swa_layers.iter().any(|&w| w);
+        let n = tokens.len();
+        let cut = |tail: usize| (windowed && n > tail).then(|| n - tail);
+        let mut batch_start = 0;
+        for end in [cut(4 + self.ubatch), cut(4), Some(n)]
+            .into_iter()
+            .flatten()
+        {
+            let mut start = batch_start;
+            while start < end {
+                let stop = (start + self.ubatch).min(end);
+                let wants_logits = all_logits || stop == n;
+                self.forward_chunk(
+                    &tokens[start..stop],
+                    wants_logits,
+                    all_logits,
+                    logits,
+                    sink.as_deref_mut(),
+                )?;
+                start = stop;
             }
-            let seqs = [SeqRows {
-                rows: 0..chunk.len(),
-                slots: &self.slots[..start + chunk.len()],
-            }];
-            let batch = Batch {
-                tokens: chunk,
-                positions: &self.positions,
-                seqs: &seqs,
-                outputs: &self.outputs,
-            };
-            self.model.forward(
-                &batch,
-                &mut self.cache,
-                &mut self.scratch,
-                sink.as_deref_mut(),
-            )?;
-            self.n_past += chunk.len();
-            if !self.outputs.is_empty() {
-                let old = logits.len();
-                logits.resize(old + self.outputs.len() * n_vocab, 0.0);
-                self.model.read_logits(&self.scratch, &mut logits[old..]);
-            }
+            batch_start = end;
+        }
+        Ok(())
+    }
+
+    /// One forward pass over `chunk`, right after the current context;
+    /// appends the logits of every row (`all`) or of the last row.
+    fn forward_chunk(
+        &mut self,
+        chunk: &[u32],
+        wants_logits: bool,
+        all: bool,
+        logits: &mut Vec<f32>,
+        sink: Option<&mut (dyn ActivationSink + '_)>,
+    ) -> Result<(), ModelError> {
+        let start = self.n_past;
+        self.positions.clear();
+        self.positions
+            .extend((start..start + chunk.len()).map(|p| p as u32));
+        self.outputs.clear();
+        if all {
+            self.outputs.extend(0..chunk.len());
+        } else if wants_logits {
+            self.outputs.push(chunk.len() - 1);
+        }
+        let seqs = [SeqRows {
+            rows: 0..chunk.len(),
+            slots: &self.slots[..start + chunk.len()],
+        }];
+        let batch = Batch {
+            tokens: chunk,
+            positions: &self.positions,
+            seqs: &seqs,
+            outputs: &self.outputs,
+        };
+        self.model
+            .forward(&batch, &mut self.cache, &mut self.scratch, sink)?;
+        self.n_past += chunk.len();
+        if !self.outputs.is_empty() {
+            let old = logits.len();
+            logits.resize(old + self.outputs.len() * self.model.config.n_vocab, 0.0);
+            self.model.read_logits(&self.scratch, &mut logits[old..]);
         }
         Ok(())
     }

@@ -16,13 +16,22 @@ mod q6_k;
 mod q8_k;
 mod search;
 
-pub use q2_k::{dequantize_row_q2_k, quantize_row_q2_k_ref, vec_dot_q2_k_q8_k};
-pub use q3_k::{dequantize_row_q3_k, quantize_row_q3_k_ref, vec_dot_q3_k_q8_k};
-pub use q4_k::{
-    dequantize_row_q4_k, gemm_q4_k_q8_k, gemv_q4_k_q8_k, quantize_row_q4_k_ref, vec_dot_q4_k_q8_k,
+pub use q2_k::{
+    dequantize_row_q2_k, quantize_row_q2_k_ref, tiled_dot_q2_k_q8_k, vec_dot_q2_k_q8_k,
 };
-pub use q5_k::{dequantize_row_q5_k, quantize_row_q5_k_ref, vec_dot_q5_k_q8_k};
-pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k_ref, vec_dot_q6_k_q8_k};
+pub use q3_k::{
+    dequantize_row_q3_k, quantize_row_q3_k_ref, tiled_dot_q3_k_q8_k, vec_dot_q3_k_q8_k,
+};
+pub use q4_k::{
+    dequantize_row_q4_k, gemm_q4_k_q8_k, gemv_q4_k_q8_k, quantize_row_q4_k_ref,
+    tiled_dot_q4_k_q8_k, vec_dot_q4_k_q8_k,
+};
+pub use q5_k::{
+    dequantize_row_q5_k, quantize_row_q5_k_ref, tiled_dot_q5_k_q8_k, vec_dot_q5_k_q8_k,
+};
+pub use q6_k::{
+    dequantize_row_q6_k, quantize_row_q6_k_ref, tiled_dot_q6_k_q8_k, vec_dot_q6_k_q8_k,
+};
 pub use q8_k::{dequantize_row_q8_k, quantize_row_q8_k_4x8, quantize_row_q8_k_ref};
 
 // Block sizes and scale decoders the SIMD kernels share with the models.
@@ -94,6 +103,30 @@ pub(crate) fn k_lanes(q: &[i8; QK_K], q8: &[u8], scales: &[i32; 16]) -> [i32; 8]
         }
     }
     lanes
+}
+
+/// The (wrapping, as the SIMD lanes) sum of [`k_lanes`]' output.
+pub(crate) fn lane_sum(lanes: [i32; 8]) -> i32 {
+    lanes.iter().fold(0, |a, &l| a.wrapping_add(l))
+}
+
+/// One super-block of ggml's tiled K-quant matmul (ggml-cpu/tiled,
+/// `tiled_run_microtile_avx2`), added to the running output `acc`.
+///
+/// The kernel forms the exact integer sums `s1 = sum scale * q * a` (the
+/// weight's true quant values, i.e. after any offset such as Q6_K's -32)
+/// and, for formats with mins, `s2 = sum min * bsum`; then per block
+/// `res = d * f32(s1)`, `res = fnmadd(dmin, f32(s2), res)` and
+/// `acc = fma(res, d8, acc)`: unlike `ggml_vec_dot_*`, the activation's
+/// scale comes last, and each block is rounded into a single f32 sum
+/// starting from +0.
+#[inline(always)]
+pub(crate) fn tiled_step(acc: f32, d8: f32, d: f32, s1: i32, min: Option<(f32, i32)>) -> f32 {
+    let mut res = d * s1 as f32;
+    if let Some((dmin, s2)) = min {
+        res = (-dmin).mul_add(s2 as f32, res);
+    }
+    res.mul_add(d8, acc)
 }
 
 #[cfg(test)]

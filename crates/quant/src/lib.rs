@@ -11,7 +11,8 @@
 //!   that a SIMD port can be checked against them bit for bit.
 //!
 //! - [`matmul_path`], [`quantize_activation_for`] and [`dot`] follow the
-//!   kernels ggml picks per matrix: the repacked Q4_0 / Q4_K gemm and gemv;
+//!   kernels ggml picks per matrix: the repacked Q4_0 / Q4_K gemm and gemv,
+//!   the tiled K-quant matmul for batches of eight or more rows;
 //!   [`dot_multi`] computes several activation rows' outputs at once.
 //!
 //! The public modules hold scalar models of all of these, in safe code
@@ -29,7 +30,7 @@ mod repack;
 mod x86;
 
 pub use quarrel_gguf::GgmlType;
-pub use repack::{matmul_path, DotKernel, MatmulPath};
+pub use repack::{matmul_path, DotKernel, MatmulPath, TILED_MIN_BATCH};
 
 /// Why a row could not be converted.
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +207,11 @@ pub fn quantize_activation(
 }
 
 /// Quantize an activation row for `kernel` (see [`MatmulPath::kernel`]):
-/// as [`quantize_activation`] for [`DotKernel::VecDot`] and
-/// [`DotKernel::Gemv`]; for [`DotKernel::Gemm`] as the repacked gemm's
-/// `ggml_quantize_mat_*_4x8` (Q8_K: [`k_quants::quantize_row_q8_k_4x8`];
-/// Q8_0: identical to `quantize_row_q8_0`), in the plain row layout.
+/// as [`quantize_activation`] for [`DotKernel::VecDot`],
+/// [`DotKernel::Gemv`] and [`DotKernel::Tiled`]; for [`DotKernel::Gemm`]
+/// as the repacked gemm's `ggml_quantize_mat_*_4x8` (Q8_K:
+/// [`k_quants::quantize_row_q8_k_4x8`]; Q8_0: identical to
+/// `quantize_row_q8_0`), in the plain row layout.
 pub fn quantize_activation_for(
     kernel: DotKernel,
     weight_ty: GgmlType,
@@ -217,7 +219,9 @@ pub fn quantize_activation_for(
     dst: &mut [u8],
 ) -> Result<(), QuantError> {
     match (kernel, weight_ty) {
-        (DotKernel::VecDot, _) | (_, GgmlType::Q4_0) => quantize_activation(weight_ty, src, dst),
+        (DotKernel::VecDot | DotKernel::Tiled, _) | (_, GgmlType::Q4_0) => {
+            quantize_activation(weight_ty, src, dst)
+        }
         (DotKernel::Gemv, GgmlType::Q4K) => quantize_activation(weight_ty, src, dst),
         (DotKernel::Gemm, GgmlType::Q4K) => {
             check_row(GgmlType::Q8K, src.len(), dst.len())?;
@@ -234,17 +238,19 @@ pub fn quantize_activation_for(
 
 /// One output of `kernel` for weight row `w` (type `ty`, `n` elements) and
 /// an activation row quantized by [`quantize_activation_for`] with the same
-/// kernel: [`vec_dot`], or one element of the repacked gemv / gemm.
+/// kernel: [`vec_dot`], one element of the repacked gemv / gemm, or of the
+/// tiled matmul.
 ///
 /// # Panics
-/// As [`vec_dot`]; also for a repacked kernel on a type ggml does not repack.
+/// As [`vec_dot`]; also for a repacked or tiled kernel on a type ggml does
+/// not run it on.
 #[inline]
 pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     if kernel == DotKernel::VecDot {
         return vec_dot(ty, n, w, act);
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = x86::repacked_dot(kernel, ty, n, w, act) {
+    if let Some(v) = x86::kernel_dot(kernel, ty, n, w, act) {
         return v;
     }
     let f = match (kernel, ty) {
@@ -252,7 +258,12 @@ pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f
         (DotKernel::Gemm, GgmlType::Q4_0) => legacy::gemm_q4_0_q8_0,
         (DotKernel::Gemv, GgmlType::Q4K) => k_quants::gemv_q4_k_q8_k,
         (DotKernel::Gemm, GgmlType::Q4K) => k_quants::gemm_q4_k_q8_k,
-        _ => panic!("no repacked {kernel:?} kernel for {ty}"),
+        (DotKernel::Tiled, GgmlType::Q2K) => k_quants::tiled_dot_q2_k_q8_k,
+        (DotKernel::Tiled, GgmlType::Q3K) => k_quants::tiled_dot_q3_k_q8_k,
+        (DotKernel::Tiled, GgmlType::Q4K) => k_quants::tiled_dot_q4_k_q8_k,
+        (DotKernel::Tiled, GgmlType::Q5K) => k_quants::tiled_dot_q5_k_q8_k,
+        (DotKernel::Tiled, GgmlType::Q6K) => k_quants::tiled_dot_q6_k_q8_k,
+        _ => panic!("no {kernel:?} kernel for {ty}"),
     };
     f(n, w, act)
 }

@@ -1,7 +1,8 @@
 //! Bit-exact checks against llama.cpp's own x86 (AVX2 + FMA + F16C) build:
 //! tests/data/ggml_*.bin hold outputs of its reference quantizers, its CPU
 //! activation quantizers, its vec_dot kernels, its repacked-gemm activation
-//! quantizers and whole mul_mat ops on its CPU backend (make_golden_ggml.py).
+//! quantizers and whole mul_mat ops on its CPU backend (make_golden_ggml.py),
+//! including the batches its tiled K-quant matmul takes (ggml_tiled.bin).
 
 mod common;
 
@@ -162,32 +163,31 @@ fn matmul(ty: GgmlType, path: MatmulPath, k: usize, w: &[u8], x: &[f32], n: usiz
 
 /// Whether ggml computes this batch with the kernels modelled here. Not yet
 /// modelled: llamafile's tinyBLAS, which takes float weights for batches of
-/// two or more rows, and the tiled K-quant matmul (tiled/tiled.cpp), which
-/// takes K-quant weights that are not repacked for batches of eight or more.
-fn modelled(ty: GgmlType, path: MatmulPath, n: usize) -> bool {
+/// two or more rows.
+fn modelled(ty: GgmlType, n: usize) -> bool {
     use GgmlType::*;
     match ty {
         F32 | F16 | Bf16 => n < 2,
-        Q2K | Q3K | Q4K | Q5K | Q6K => path == MatmulPath::Repacked || n < 8,
         _ => true,
     }
 }
 
-#[test]
-fn matmul_matches_ggml_mul_mat_on_the_cpu_backend() {
-    let records = common::read_records(&common::data_dir().join("ggml_matmul.bin"));
-    let k = records[0].meta[0] as usize;
-    let x = common::f32s(&records[0].blobs[0]);
-    assert_eq!(records.len(), 27);
+/// Checks every modelled batch of a ggml_matmul.bin-format file bit for bit;
+/// returns how many matrices were repacked and how many batches checked.
+fn check_matmuls(file: &str, records: usize) -> (usize, usize) {
+    let records_ = common::read_records(&common::data_dir().join(file));
+    let k = records_[0].meta[0] as usize;
+    let x = common::f32s(&records_[0].blobs[0]);
+    assert_eq!(records_.len(), records, "{file}");
     let (mut repacked, mut checked) = (0, 0);
-    for r in &records[1..] {
+    for r in &records_[1..] {
         let (ty, m) = (common::ggml_type(r.meta[0]), r.meta[1] as usize);
         let path = matmul_path(ty, m);
         assert_eq!(path == MatmulPath::Repacked, r.meta[2] == 1, "{ty} x {m}");
         repacked += usize::from(path == MatmulPath::Repacked);
         for (&n, want) in r.meta[3..].iter().zip(&r.blobs[1..]) {
             let n = n as usize;
-            if !modelled(ty, path, n) {
+            if !modelled(ty, n) {
                 continue;
             }
             checked += 1;
@@ -196,19 +196,51 @@ fn matmul_matches_ggml_mul_mat_on_the_cpu_backend() {
                 assert_eq!(
                     g.to_bits(),
                     w.to_bits(),
-                    "{ty} {m} rows, batch {n}: row {}, output {}: {g} != {w}",
+                    "{file}: {ty} {m} rows, batch {n}: row {}, output {}: {g} != {w}",
                     i / m,
                     i % m
                 );
             }
         }
     }
+    (repacked, checked)
+}
+
+#[test]
+fn matmul_matches_ggml_mul_mat_on_the_cpu_backend() {
+    let (repacked, checked) = check_matmuls("ggml_matmul.bin", 27);
     assert_eq!(repacked, 2, "Q4_0 and Q4_K with 16 rows");
     assert_eq!(
         checked,
-        6 + 10 * 10 - 9,
-        "float batches of 1, all but 9 quant matrices' batches"
+        6 + 10 * 10,
+        "float batches of 1, all quant batches"
     );
+}
+
+#[test]
+fn tiled_matmul_matches_ggml_around_its_batch_threshold() {
+    // Q2_K..Q6_K matrices of 12, 44 and 260 rows (none repacked), batches
+    // of 7 (vec_dot) and 8, 9, 16 (the tiled path's narrow K loop), 17, 64
+    // (its standard one).
+    let (repacked, checked) = check_matmuls("ggml_tiled.bin", 16);
+    assert_eq!(repacked, 0);
+    assert_eq!(checked, 5 * (6 + 6 + 2));
+}
+
+#[test]
+fn tiled_matmul_differs_from_vec_dot() {
+    // Documents why the batch size matters: the same rows through the tiled
+    // path (batch of 8) and vec_dot (batch of 7) round differently.
+    let records = common::read_records(&common::data_dir().join("ggml_tiled.bin"));
+    let k = records[0].meta[0] as usize;
+    let x = common::f32s(&records[0].blobs[0]);
+    for r in &records[1..] {
+        let (ty, m) = (common::ggml_type(r.meta[0]), r.meta[1] as usize);
+        let tiled = matmul(ty, MatmulPath::Tiled, k, &r.blobs[0], &x, 8);
+        let plain = matmul(ty, MatmulPath::VecDot, k, &r.blobs[0], &x, 8);
+        let differ = tiled.iter().zip(&plain).filter(|(a, b)| a != b).count();
+        assert!(differ > 0, "{ty} x {m}");
+    }
 }
 
 #[test]

@@ -318,11 +318,54 @@ fn repacked_dots_match_scalar_models() {
 }
 
 #[test]
+fn tiled_dots_match_scalar_models() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let models: [(GgmlType, Dot); 5] = [
+        (Q2K, k_quants::tiled_dot_q2_k_q8_k),
+        (Q3K, k_quants::tiled_dot_q3_k_q8_k),
+        (Q4K, k_quants::tiled_dot_q4_k_q8_k),
+        (Q5K, k_quants::tiled_dot_q5_k_q8_k),
+        (Q6K, k_quants::tiled_dot_q6_k_q8_k),
+    ];
+    for (ty, model) in models {
+        for n in lengths(ty) {
+            for i in 0..8 {
+                let w = random_row(&mut rng, ty, n);
+                // Half the activations random bytes: block sums that do not
+                // match the quants, which the tiled kernel uses only for mins.
+                let act = if i % 2 == 0 {
+                    let mut act = bytes_for(Q8K, n);
+                    let x = normals(&mut rng, n);
+                    quantize_activation_for(DotKernel::Tiled, ty, &x, &mut act).unwrap();
+                    act
+                } else {
+                    random_row(&mut rng, Q8K, n)
+                };
+                let (got, want) = (dot(DotKernel::Tiled, ty, n, &w, &act), model(n, &w, &act));
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "seed {seed}: {ty} tiled n={n}, activation {i}: {got} != {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn dot_multi_matches_single_dots() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let kernels = |ty: GgmlType| match ty {
-        Q4_0 | Q4K => vec![DotKernel::VecDot, DotKernel::Gemv, DotKernel::Gemm],
+        Q4_0 => vec![DotKernel::VecDot, DotKernel::Gemv, DotKernel::Gemm],
+        Q4K => vec![
+            DotKernel::VecDot,
+            DotKernel::Gemv,
+            DotKernel::Gemm,
+            DotKernel::Tiled,
+        ],
+        Q2K | Q3K | Q5K | Q6K => vec![DotKernel::VecDot, DotKernel::Tiled],
         _ => vec![DotKernel::VecDot],
     };
     for ty in WEIGHT_TYPES {

@@ -7,7 +7,9 @@
 //! weight block unpacked once for the four; same bits as single dots).
 //! Which kernel (and which activation quantizer) serves a token follows
 //! ggml's x86 path for the matrix: repacked Q4_0 / Q4_K matrices use the
-//! gemm for whole groups of four tokens and the gemv for the rest.
+//! gemm for whole groups of four tokens and the gemv for the rest; other
+//! K-quant matrices use ggml's tiled matmul for batches of eight or more
+//! tokens, which is why the kernel depends on the whole batch's size.
 
 use quarrel_quant::DotKernel;
 use rayon::prelude::*;

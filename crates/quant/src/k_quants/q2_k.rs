@@ -5,7 +5,7 @@
 //! Quant layout: element 128n + 32j + m is bits 2j..2j+2 of qs[32n + m].
 
 use super::search::Qkx2;
-use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
+use super::{check, k_lanes, lane_sum, nearest_int, q8_k_parts, tiled_step, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
@@ -141,4 +141,20 @@ pub fn vec_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         acc.fma_i32(d, &k_lanes(&unpack(&bx[16..80]), q8, &scales));
     }
     acc.hsum()
+}
+
+/// ggml's tiled matmul (see `tiled_step`): 4-bit scales and mins per
+/// 16-element sub-block, the mins against the Q8_K block sums.
+pub fn tiled_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let blocks = x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES));
+    blocks.fold(0.0, |acc, (bx, by)| {
+        let (d8, q8, bsums) = q8_k_parts(by);
+        let scales = std::array::from_fn(|g| i32::from(bx[g] & 0xF));
+        let s1 = lane_sum(k_lanes(&unpack(&bx[16..80]), q8, &scales));
+        let s2 = (0..16).fold(0i32, |a, g| a + i32::from(bx[g] >> 4) * i32::from(bsums[g]));
+        let min = Some((f16_le(&bx[82..]), s2));
+        tiled_step(acc, d8, f16_le(&bx[80..]), s1, min)
+    })
 }

@@ -7,7 +7,7 @@
 //! s - 8, top 2 bits at bits 2(s / 4) of byte 8 + s % 4.
 
 use super::search::make_q3_quants;
-use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
+use super::{check, k_lanes, lane_sum, nearest_int, q8_k_parts, tiled_step, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
@@ -133,4 +133,18 @@ pub fn vec_dot_q3_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         acc.fma_i32(d, &k_lanes(&q, q8, &scales(&bx[96..108])));
     }
     acc.hsum()
+}
+
+/// ggml's tiled matmul (see `tiled_step`): signed quants and scales, no
+/// mins (the kernel's +128 activation bias cancels exactly).
+pub fn tiled_dot_q3_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let blocks = x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES));
+    blocks.fold(0.0, |acc, (bx, by)| {
+        let (d8, q8, _) = q8_k_parts(by);
+        let q = unpack(&bx[..32], &bx[32..96]);
+        let s1 = lane_sum(k_lanes(&q, q8, &scales(&bx[96..108])));
+        tiled_step(acc, d8, f16_le(&bx[108..]), s1, None)
+    })
 }

@@ -6,7 +6,10 @@
 //! nibble of qs[32c + m - 32] (sub-block 2c + 1).
 
 use super::search::Qkx2;
-use super::{check, get_scale_min_k4, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
+use super::{
+    check, get_scale_min_k4, k_lanes, lane_sum, nearest_int, q8_k_parts, tiled_step, Q8_K_BYTES,
+    QK_K,
+};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
@@ -247,4 +250,29 @@ pub fn gemm_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         }
     }
     acc - acc_min
+}
+
+/// One Q4_K / Q5_K super-block of ggml's tiled matmul (see `tiled_step`):
+/// 6-bit scales and mins per 32-element sub-block, each min against the
+/// sum of its sub-block's two Q8_K block sums.
+pub(super) fn k4_tiled_step(acc: f32, bx: &[u8], q: &[i8; QK_K], by: &[u8]) -> f32 {
+    let (d8, q8, bsums) = q8_k_parts(by);
+    let sm = scales_mins(&bx[4..16]);
+    let scales = std::array::from_fn(|g| i32::from(sm[g / 2].0));
+    let s1 = lane_sum(k_lanes(q, q8, &scales));
+    let s2 = sm.iter().enumerate().fold(0i32, |a, (j, &(_, m))| {
+        a + i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]))
+    });
+    tiled_step(acc, d8, f16_le(bx), s1, Some((f16_le(&bx[2..]), s2)))
+}
+
+/// ggml's tiled matmul (see `tiled_step`) for Q4_K weights that are not
+/// repacked.
+pub fn tiled_dot_q4_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let blocks = x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES));
+    blocks.fold(0.0, |acc, (bx, by)| {
+        k4_tiled_step(acc, bx, &unpack(&bx[16..]), by)
+    })
 }

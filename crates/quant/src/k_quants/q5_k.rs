@@ -5,7 +5,7 @@
 //! Element 64c + m takes its nibble as Q4_K does and its 5th bit from bit
 //! 2c (m < 32) or 2c + 1 (m >= 32) of qh[m % 32].
 
-use super::q4_k::{k4_block_dot, quantize_k4_head, scales_mins};
+use super::q4_k::{k4_block_dot, k4_tiled_step, quantize_k4_head, scales_mins};
 use super::search::Qkx2;
 use super::{check, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
@@ -86,4 +86,14 @@ pub fn vec_dot_q5_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         summs = dmin.mul_add(sum as f32, summs);
     }
     acc.hsum() + summs
+}
+
+/// ggml's tiled matmul (see `tiled_step`): as Q4_K's, with 5-bit quants.
+pub fn tiled_dot_q5_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let blocks = x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES));
+    blocks.fold(0.0, |acc, (bx, by)| {
+        k4_tiled_step(acc, bx, &unpack(&bx[16..48], &bx[48..]), by)
+    })
 }

@@ -6,7 +6,7 @@
 //! (low for k < 2, high otherwise), high bits 2k..2k+2 of qh[32n + l].
 
 use super::search::make_qx_quants;
-use super::{check, k_lanes, nearest_int, q8_k_parts, Q8_K_BYTES, QK_K};
+use super::{check, k_lanes, lane_sum, nearest_int, q8_k_parts, tiled_step, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
 use crate::float::{f16_le, fp32_to_fp16};
 
@@ -132,4 +132,18 @@ pub fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         acc.fma_i32(d, &lanes);
     }
     acc.hsum()
+}
+
+/// ggml's tiled matmul (see `tiled_step`): the quants minus 32 times the
+/// i8 scales, no mins (the kernel's +128 activation bias cancels exactly).
+pub fn tiled_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let blocks = x.chunks_exact(BYTES).zip(y.chunks_exact(Q8_K_BYTES));
+    blocks.fold(0.0, |acc, (bx, by)| {
+        let (d8, q8, _) = q8_k_parts(by);
+        let q = unpack(&bx[..128], &bx[128..192]).map(|q| q - 32);
+        let s1 = lane_sum(k_lanes(&q, q8, &scales(&bx[192..208])));
+        tiled_step(acc, d8, f16_le(&bx[208..]), s1, None)
+    })
 }

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::float::f32_le;
 use crate::k_quants::{
-    check, q3_k_scales, quantize_row_q8_k_ref, scales_mins, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES,
-    Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES, QK_K,
+    check, q3_k_scales, quantize_row_q8_k_ref, scales_mins, tiled_step, Q2_K_BYTES, Q3_K_BYTES,
+    Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES, QK_K,
 };
 
 /// The 32 activation quants of chunk `c` (elements 32c..32c + 32) of a Q8_K block.
@@ -39,6 +39,24 @@ fn scaled_chunk(q: __m256i, by: &[u8], c: usize, scales: __m256i) -> __m256i {
 
 // ------------------------------------------------------------- dot products
 
+/// The integer parts of a Q2_K super-block: the scaled quant lanes, and
+/// the mins products (lane k: the mins of 16-element sub-blocks 2k, 2k + 1
+/// times their block sums).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q2_k_sums(bx: &[u8], by: &[u8]) -> (__m256i, __m256i) {
+    let sc = bytes::<16>(bx, 0);
+    let mins = _mm_and_si128(_mm_srli_epi16::<4>(load_128(sc)), _mm_set1_epi8(0xF));
+    let prod = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), q8_bsums(by));
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..8 {
+        let q = crumbs(load_256(bytes(bx, 16 + 32 * (c / 4))), 2 * (c % 4) as i32);
+        let s = scales_16x2(i32::from(sc[2 * c] & 0xF), i32::from(sc[2 * c + 1] & 0xF));
+        sumi = _mm256_add_epi32(sumi, scaled_chunk(q, by, c, s));
+    }
+    (sumi, prod)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn vec_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     check(n, x.len(), Q2_K_BYTES);
@@ -48,19 +66,31 @@ pub(super) fn vec_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
         let d8 = f32_le(by);
         let [dx, mx] = f16_pair(bx, 80, bx, 82);
         let (d, dmin) = (d8 * dx, -d8 * mx);
-        let sc = bytes::<16>(bx, 0);
-        let mins = _mm_and_si128(_mm_srli_epi16::<4>(load_128(sc)), _mm_set1_epi8(0xF));
-        let prod = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), q8_bsums(by));
+        let (sumi, prod) = q2_k_sums(bx, by);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..8 {
-            let q = crumbs(load_256(bytes(bx, 16 + 32 * (c / 4))), 2 * (c % 4) as i32);
-            let s = scales_16x2(i32::from(sc[2 * c] & 0xF), i32::from(sc[2 * c + 1] & 0xF));
-            sumi = _mm256_add_epi32(sumi, scaled_chunk(q, by, c, s));
-        }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_float_8(acc)
+}
+
+/// The scaled quant lanes of a Q3_K super-block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q3_k_lanes(bx: &[u8], by: &[u8]) -> __m256i {
+    let sc = q3_k_scales(bytes::<12>(bx, 96));
+    let hmask = load_256(bytes(bx, 0));
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..8 {
+        let low = crumbs(load_256(bytes(bx, 32 + 32 * (c / 4))), 2 * (c % 4) as i32);
+        // 4 where the high bit is clear; q = low - high, as ggml
+        // subtracts the two maddubs products.
+        let high = _mm256_andnot_si256(bit_set(hmask, 1 << c), _mm256_set1_epi8(4));
+        let a = q8(by, c);
+        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(low, a), _mm256_maddubs_epi16(high, a));
+        let s = scales_16x2(sc[2 * c], sc[2 * c + 1]);
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+    }
+    sumi
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -70,19 +100,7 @@ pub(super) fn vec_dot_q3_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.chunks_exact(Q3_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
         let d = f32_le(by) * f16_at(bx, 108);
-        let sc = q3_k_scales(bytes::<12>(bx, 96));
-        let hmask = load_256(bytes(bx, 0));
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..8 {
-            let low = crumbs(load_256(bytes(bx, 32 + 32 * (c / 4))), 2 * (c % 4) as i32);
-            // 4 where the high bit is clear; q = low - high, as ggml
-            // subtracts the two maddubs products.
-            let high = _mm256_andnot_si256(bit_set(hmask, 1 << c), _mm256_set1_epi8(4));
-            let a = q8(by, c);
-            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(low, a), _mm256_maddubs_epi16(high, a));
-            let s = scales_16x2(sc[2 * c], sc[2 * c + 1]);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
-        }
+        let sumi = q3_k_lanes(bx, by);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_float_8(acc)
@@ -259,6 +277,90 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
         }
     }
     acc - acc_min
+}
+
+// ------------------------------------------------------------ tiled matmul
+//
+// `crate::k_quants::tiled_dot_*`: exact integer sums per super-block, then
+// the scalar `tiled_step`. The sums must not depend on the Q8_K block sums
+// where ggml's tiled kernel does not use them (Q3_K, Q6_K), nor wrap where
+// it widens them first (Q4_K / Q5_K mins), or rows with inconsistent sums
+// would differ from the model.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn tiled_dot_q2_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q2_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(Q2_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let [dx, mx] = f16_pair(bx, 80, bx, 82);
+        let (sumi, prod) = q2_k_sums(bx, by);
+        let min = Some((mx, hsum_i32_8(prod)));
+        acc = tiled_step(acc, f32_le(by), dx, hsum_i32_8(sumi), min);
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn tiled_dot_q3_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q3_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(Q3_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let s1 = hsum_i32_8(q3_k_lanes(bx, by));
+        acc = tiled_step(acc, f32_le(by), f16_at(bx, 108), s1, None);
+    }
+    acc
+}
+
+/// Q4_K (`q5` false) or Q5_K: the mins term from the i16 block sums
+/// widened before they are added, as the tiled kernel does.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn tiled_dot_k4(n: usize, x: &[u8], y: &[u8], q5: bool) -> f32 {
+    let (block, qs_at) = if q5 {
+        (Q5_K_BYTES, 48)
+    } else {
+        (Q4_K_BYTES, 16)
+    };
+    check(n, x.len(), block);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(block).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let [dx, mx] = f16_pair(bx, 0, bx, 2);
+        let sm = scales_mins(bytes::<12>(bx, 4));
+        let bsum = |g: usize| i32::from(i16::from_le_bytes([by[260 + 2 * g], by[261 + 2 * g]]));
+        let s2 = sm.iter().enumerate().fold(0i32, |a, (j, &(_, m))| {
+            a + i32::from(m) * (bsum(2 * j) + bsum(2 * j + 1))
+        });
+        let s1 = hsum_i32_8(k4_lanes(bx, by, &sm, qs_at, q5));
+        acc = tiled_step(acc, f32_le(by), dx, s1, Some((mx, s2)));
+    }
+    acc
+}
+
+/// Q6_K: the quants minus 32 as the difference of two `maddubs` products
+/// (within i16: at most 2 * 63 * 128 + 2 * 32 * 128), not through the
+/// block sums as the vec_dot does.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn tiled_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    check(n, x.len(), Q6_K_BYTES);
+    check(n, y.len(), Q8_K_BYTES);
+    let mut acc = 0f32;
+    for (bx, by) in x.chunks_exact(Q6_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        let sc = bytes::<16>(bx, 192);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let a = q8(by, c);
+            let p = _mm256_sub_epi16(
+                _mm256_maddubs_epi16(q6_chunk(bx, c), a),
+                _mm256_maddubs_epi16(_mm256_set1_epi8(32), a),
+            );
+            let s = scales_16x2(i32::from(sc[2 * c] as i8), i32::from(sc[2 * c + 1] as i8));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+        }
+        acc = tiled_step(acc, f32_le(by), f16_at(bx, 208), hsum_i32_8(sumi), None);
+    }
+    acc
 }
 
 // ----------------------------------------------------- activation quantizers

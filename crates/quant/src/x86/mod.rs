@@ -328,8 +328,8 @@ fn legacy_format(ty: GgmlType) -> Option<u8> {
     })
 }
 
-/// `crate::dot` for the repacked kernels.
-pub(crate) fn repacked_dot(
+/// `crate::dot` for the repacked and tiled kernels.
+pub(crate) fn kernel_dot(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
@@ -340,13 +340,20 @@ pub(crate) fn repacked_dot(
         return None;
     }
     let gemm = kernel == DotKernel::Gemm;
+    use GgmlType::*;
     // SAFETY (each call): `available()` checked AVX2, FMA and F16C; the
     // kernels check slice lengths themselves.
     Some(unsafe {
-        match ty {
+        match (kernel, ty) {
+            (DotKernel::Tiled, Q2K) => k_quants::tiled_dot_q2_k_q8_k(n, x, y),
+            (DotKernel::Tiled, Q3K) => k_quants::tiled_dot_q3_k_q8_k(n, x, y),
+            (DotKernel::Tiled, Q4K) => k_quants::tiled_dot_k4(n, x, y, false),
+            (DotKernel::Tiled, Q5K) => k_quants::tiled_dot_k4(n, x, y, true),
+            (DotKernel::Tiled, Q6K) => k_quants::tiled_dot_q6_k_q8_k(n, x, y),
+            (DotKernel::Tiled, _) => return None,
             // The gemv takes |weight| in its sign trick, the gemm |activation|.
-            GgmlType::Q4_0 => legacy::q4_0_repacked_dot(n, x, y, !gemm),
-            GgmlType::Q4K => k_quants::q4_k_repacked_dot(n, x, y, gemm),
+            (_, Q4_0) => legacy::q4_0_repacked_dot(n, x, y, !gemm),
+            (_, Q4K) => k_quants::q4_k_repacked_dot(n, x, y, gemm),
             _ => return None,
         }
     })

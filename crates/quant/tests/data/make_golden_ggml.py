@@ -26,6 +26,10 @@ Files (format in make_golden.py):
                        activation rows on the CPU backend, the weights in the
                        CPU_REPACK buffer when it takes them (repacked = 1),
                        as llama.cpp places them.
+  ggml_tiled.bin       as ggml_matmul.bin, for the K-quant batches of 7 to
+                       64 rows around the tiled matmul's threshold (8) and
+                       row counts around its 16-row microtiles and 256-row
+                       windows; every weight matrix in plain CPU memory.
 """
 
 import argparse
@@ -372,6 +376,32 @@ def main():
             matmuls.append(([int(qtype), m, int(flags.pop()), *ns], [w.tobytes(), *outs]))
     write_records(os.path.join(HERE, "ggml_matmul.bin"), matmuls)
     print(f"{len(repack_acts)} repacked activation, {len(matmuls) - 1} matmul records")
+    write_tiled(g)
+
+
+def write_tiled(g):
+    """ggml_tiled.bin: K-quant mul_mats whose batches the tiled path (ggml-cpu/tiled) takes."""
+    rng = np.random.default_rng(9)
+    k = 512
+    x = np.concatenate([matmul_activations(rng, k) for _ in range(8)])
+    mm = GgmlMatmul(g)
+    matmuls = [([k, len(x)], [x.tobytes()])]
+    for qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
+        # Row counts: under one microtile, ragged microtiles, past one 256-row window
+        # (narrow and standard path only, to keep the file small); none a multiple
+        # of 8, so Q4_K stays out of the repack buffer.
+        for m, ns in ((12, (7, 8, 9, 16, 17, 64)), (44, (7, 8, 9, 16, 17, 64)), (260, (9, 17))):
+            w = np.concatenate([
+                g.quantize_ref(qtype, (rng.standard_normal(k) * 0.02).astype(np.float32)) if r % 2 else
+                random_blocks(rng, qtype, k) for r in range(m)])
+            outs = []
+            for n in ns:
+                res, repacked = mm.mul_mat(qtype, w, m, x[:n])
+                assert not repacked
+                outs.append(res.astype("<f4").tobytes())
+            matmuls.append(([int(qtype), m, 0, *ns], [w.tobytes(), *outs]))
+    write_records(os.path.join(HERE, "ggml_tiled.bin"), matmuls)
+    print(f"{len(matmuls) - 1} tiled matmul records")
 
 
 if __name__ == "__main__":
