@@ -307,6 +307,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     if let Some(v) = x86::vec_dot(ty, n, w, act) {
         return v;
     }
+    vec_dot_scalar(ty, n, w, act)
+}
+
+/// [`vec_dot`] through the scalar reference kernels only: the fallback
+/// without SIMD, and what the SIMD kernels are tested against.
+pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
     let f = match ty {
         F32 => float::vec_dot_f32,

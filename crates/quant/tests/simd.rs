@@ -9,7 +9,7 @@
 
 use quarrel_quant::{
     dequantize_row, dot, dot_multi, float, k_quants, legacy, quantize_activation,
-    quantize_activation_for, vec_dot, vec_dot_type, DotKernel, GgmlType,
+    quantize_activation_for, vec_dot, vec_dot_scalar, vec_dot_type, DotKernel, GgmlType,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,26 +36,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         })
-}
-
-/// The scalar dot model of each weight type.
-fn scalar_dot(ty: GgmlType) -> Dot {
-    match ty {
-        F32 => float::vec_dot_f32,
-        F16 => float::vec_dot_f16,
-        Bf16 => float::vec_dot_bf16,
-        Q4_0 => legacy::vec_dot_q4_0_q8_0,
-        Q4_1 => legacy::vec_dot_q4_1_q8_1,
-        Q5_0 => legacy::vec_dot_q5_0_q8_0,
-        Q5_1 => legacy::vec_dot_q5_1_q8_1,
-        Q8_0 => legacy::vec_dot_q8_0_q8_0,
-        Q2K => k_quants::vec_dot_q2_k_q8_k,
-        Q3K => k_quants::vec_dot_q3_k_q8_k,
-        Q4K => k_quants::vec_dot_q4_k_q8_k,
-        Q5K => k_quants::vec_dot_q5_k_q8_k,
-        Q6K => k_quants::vec_dot_q6_k_q8_k,
-        _ => unreachable!("{ty}"),
-    }
 }
 
 fn scalar_dequant(ty: GgmlType) -> Dequant {
@@ -270,7 +250,7 @@ fn vec_dot_matches_scalar_models() {
                 let mut act = bytes_for(act_ty, n);
                 quantize_activation(ty, &normals(&mut rng, n), &mut act).unwrap();
                 let got = vec_dot(ty, n, &w, &act);
-                let want = scalar_dot(ty)(n, &w, &act);
+                let want = vec_dot_scalar(ty, n, &w, &act);
                 assert_eq!(
                     got.to_bits(),
                     want.to_bits(),
@@ -278,7 +258,7 @@ fn vec_dot_matches_scalar_models() {
                 );
                 // Random activation bytes too: every quant value, -128 included.
                 let act = random_row(&mut rng, act_ty, n);
-                let (got, want) = (vec_dot(ty, n, &w, &act), scalar_dot(ty)(n, &w, &act));
+                let (got, want) = (vec_dot(ty, n, &w, &act), vec_dot_scalar(ty, n, &w, &act));
                 assert_eq!(
                     got.to_bits(),
                     want.to_bits(),

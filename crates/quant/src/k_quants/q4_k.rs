@@ -106,17 +106,22 @@ pub(super) fn quantize_k4_head(x: &[f32], search: &Qkx2, head: &mut [u8], levels
 pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
     check(dst.len(), src.len(), BYTES);
     for (b, y) in src.chunks_exact(BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let (d, min) = (f16_le(b), f16_le(&b[2..]));
-        let q = unpack(&b[16..]);
-        for ((ys, qs), (sc, m)) in y
-            .chunks_exact_mut(32)
-            .zip(q.chunks_exact(32))
-            .zip(scales_mins(&b[4..16]))
-        {
-            let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
-            for (y, &q) in ys.iter_mut().zip(qs) {
-                *y = d1 * f32::from(q) - m1;
-            }
+        dequantize_k4_block(b, &unpack(&b[16..]), y);
+    }
+}
+
+/// Q4_K and Q5_K share the header (d, dmin, 12 bytes of scales and mins):
+/// y = d·scale·q − dmin·min per sub-block of 32, in ggml's operation order.
+pub(crate) fn dequantize_k4_block(header: &[u8], q: &[i8; QK_K], y: &mut [f32]) {
+    let (d, min) = (f16_le(header), f16_le(&header[2..]));
+    for ((ys, qs), (sc, m)) in y
+        .chunks_exact_mut(32)
+        .zip(q.chunks_exact(32))
+        .zip(scales_mins(&header[4..16]))
+    {
+        let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
+        for (y, &q) in ys.iter_mut().zip(qs) {
+            *y = d1 * f32::from(q) - m1;
         }
     }
 }

@@ -5,7 +5,9 @@
 //! Element 64c + m takes its nibble as Q4_K does and its 5th bit from bit
 //! 2c (m < 32) or 2c + 1 (m >= 32) of qh[m % 32].
 
-use super::q4_k::{k4_block_dot, k4_tiled_step, quantize_k4_head, scales_mins};
+use super::q4_k::{
+    dequantize_k4_block, k4_block_dot, k4_tiled_step, quantize_k4_head, scales_mins,
+};
 use super::search::Qkx2;
 use super::{check, Q8_K_BYTES, QK_K};
 use crate::avx2::Acc8;
@@ -29,18 +31,7 @@ fn unpack(qh: &[u8], qs: &[u8]) -> [i8; QK_K] {
 pub fn dequantize_row_q5_k(src: &[u8], dst: &mut [f32]) {
     check(dst.len(), src.len(), BYTES);
     for (b, y) in src.chunks_exact(BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let (d, min) = (f16_le(b), f16_le(&b[2..]));
-        let q = unpack(&b[16..48], &b[48..]);
-        for ((ys, qs), (sc, m)) in y
-            .chunks_exact_mut(32)
-            .zip(q.chunks_exact(32))
-            .zip(scales_mins(&b[4..16]))
-        {
-            let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
-            for (y, &q) in ys.iter_mut().zip(qs) {
-                *y = d1 * f32::from(q) - m1;
-            }
-        }
+        dequantize_k4_block(b, &unpack(&b[16..48], &b[48..]), y);
     }
 }
 
