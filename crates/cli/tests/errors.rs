@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::scratch_dir;
+use common::{scratch_dir, Scratch};
 use quarrel_gguf::{GgmlType, GgufWriter, Value};
 
 /// Runs quarrel; returns (exit code, stderr).
@@ -30,8 +30,9 @@ fn fails_with(args: &[&str], needle: &str) {
     );
 }
 
-/// A tiny synthetic model, then `edit` applied to its bytes.
-fn model_file(name: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> String {
+/// A tiny synthetic model, then `edit` applied to its bytes; the file
+/// lives as long as the returned directory.
+fn model_file(name: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> (Scratch, String) {
     let dir = scratch_dir(name);
     let path = dir.join("m.gguf");
     let p = path.to_str().unwrap().to_string();
@@ -50,13 +51,14 @@ fn model_file(name: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> String {
     assert!(out.status.success());
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, edit(bytes)).unwrap();
-    p
+    (dir, p)
 }
 
-fn write_gguf(name: &str, w: &GgufWriter) -> String {
-    let path = scratch_dir(name).join("m.gguf");
+fn write_gguf(name: &str, w: &GgufWriter) -> (Scratch, String) {
+    let dir = scratch_dir(name);
+    let path = dir.join("m.gguf");
     w.write_file(&path).unwrap();
-    path.to_str().unwrap().to_string()
+    (dir, path.to_str().unwrap().to_string())
 }
 
 #[test]
@@ -70,11 +72,11 @@ fn missing_model_and_default_model() {
 
 #[test]
 fn truncated_and_garbage_files() {
-    let truncated = model_file("truncated", |b| b[..b.len() / 2].to_vec());
+    let (_truncated_dir, truncated) = model_file("truncated", |b| b[..b.len() / 2].to_vec());
     fails_with(&["run", "-m", &truncated, "-p", "hi"], "runs past the end");
-    let header_only = model_file("header", |b| b[..20].to_vec());
+    let (_header_only_dir, header_only) = model_file("header", |b| b[..20].to_vec());
     fails_with(&["inspect", &header_only], "not a valid GGUF file");
-    let garbage = model_file("garbage", |b| b.iter().map(|x| x ^ 0x5a).collect());
+    let (_garbage_dir, garbage) = model_file("garbage", |b| b.iter().map(|x| x ^ 0x5a).collect());
     fails_with(&["run", "-m", &garbage, "-p", "hi"], "bad magic");
 }
 
@@ -82,14 +84,14 @@ fn truncated_and_garbage_files() {
 fn unknown_architecture_and_block_type() {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("mamba9".into()));
-    let p = write_gguf("arch", &w);
+    let (_dir, p) = write_gguf("arch", &w);
     fails_with(
         &["run", "-m", &p, "-p", "hi"],
         "unknown architecture \"mamba9\"",
     );
 
     // A valid file whose matrices use a block type we cannot compute with.
-    let p = model_file("iq", |mut b| {
+    let (_dir, p) = model_file("iq", |mut b| {
         let f = quarrel_gguf::GgufFile::from_bytes(b.clone(), "m").unwrap();
         let info = f.tensor_info("blk.0.attn_q.weight").unwrap().clone();
         // Rewrite the type id in the tensor info: find the name, then skip
@@ -126,7 +128,7 @@ fn missing_tensor_is_named() {
         vec![0; 32 * 8 * 4],
     )
     .unwrap();
-    let p = write_gguf("missing", &w);
+    let (_dir, p) = write_gguf("missing", &w);
     fails_with(
         &["run", "-m", &p, "-p", "hi"],
         "missing tensor \"output_norm.weight\"",
@@ -135,7 +137,7 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn prompt_longer_than_the_context() {
-    let p = model_file("ctx", |b| b);
+    let (_dir, p) = model_file("ctx", |b| b);
     let long = "word ".repeat(200);
     fails_with(
         &["run", "-m", &p, "-c", "64", "-p", &long, "-n", "4"],

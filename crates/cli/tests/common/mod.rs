@@ -113,12 +113,28 @@ pub fn read_npy_f32(path: &std::path::Path) -> (usize, usize, Vec<f32>) {
     (dims[0], dims.get(1).copied().unwrap_or(1), data)
 }
 
-/// A fresh scratch directory for one test.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh scratch directory for one test, removed when dropped (whether
+/// the test passes or panics).
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn scratch_dir(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("quarrel-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// Runs `quarrel ARGS` expecting success, ignoring stdout.
