@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
 use rayon::prelude::*;
@@ -38,18 +39,8 @@ fn store_kv(
     for seq in seqs {
         for r in seq.rows.clone() {
             let slot = seq.slots[positions[r] as usize] as usize;
-            for (dst, &src) in kc[slot * kd..][..kd]
-                .iter_mut()
-                .zip(&k.data[r * kd..][..kd])
-            {
-                *dst = f16::from_f32(src);
-            }
-            for (dst, &src) in vc[slot * vd..][..vd]
-                .iter_mut()
-                .zip(&v.data[r * vd..][..vd])
-            {
-                *dst = f16::from_f32(src);
-            }
+            kc[slot * kd..][..kd].convert_from_f32_slice(&k.data[r * kd..][..kd]);
+            vc[slot * vd..][..vd].convert_from_f32_slice(&v.data[r * vd..][..vd]);
         }
     }
 }
