@@ -3,10 +3,15 @@
 //! Qwen2/Gemma 3): synthetic models written by `quarrel synth`, evaluated
 //! over 256 positions, against llama.cpp's logits on the same files
 //! (tests/data/synthetic, made by scripts/make-synthetic-reference.sh).
+//!
+//! The scalar reference kernels (`QUARREL_SIMD=off`) reproduce llama.cpp's
+//! logits bit for bit. The default kernels run 256 positions through the
+//! f32 tiled matmul, whose summation order differs; on random weights the
+//! logits are nearly flat, so a few near-ties flip.
 
 mod common;
 
-use common::{data_dir, quarrel_ok, read_npy_f32, scratch_dir};
+use common::{data_dir, quarrel_ok, quarrel_ok_env, read_npy_f32, scratch_dir};
 
 const POSITIONS: usize = 256;
 
@@ -31,29 +36,43 @@ fn check(preset: &str) {
     let model_s = model.to_str().unwrap();
     quarrel_ok(&["synth", "--preset", preset, "--type", "q8_0", "-o", model_s]);
     let toks: Vec<String> = tokens(n_vocab).iter().map(|t| t.to_string()).collect();
-    quarrel_ok(&[
-        "logits",
-        "-m",
-        model_s,
-        "--tokens",
-        &toks.join(","),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let (r, c, got) = read_npy_f32(&out);
-    assert_eq!((r, c), (rows, n_vocab));
-    let mut agree = 0;
-    let mut max_diff = 0f32;
-    for (g, w) in got.chunks_exact(n_vocab).zip(want.chunks_exact(n_vocab)) {
-        agree += usize::from(argmax(g) == argmax(w));
-        for (a, b) in g.iter().zip(w) {
-            max_diff = max_diff.max((a - b).abs());
+    let toks = toks.join(",");
+    for simd in [false, true] {
+        let args = [
+            "logits",
+            "-m",
+            model_s,
+            "--tokens",
+            &toks,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if simd {
+            quarrel_ok(&args);
+        } else {
+            quarrel_ok_env(&args, &[("QUARREL_SIMD", "off")]);
+        }
+        let (r, c, got) = read_npy_f32(&out);
+        assert_eq!((r, c), (rows, n_vocab));
+        let mut agree = 0;
+        let mut max_diff = 0f32;
+        for (g, w) in got.chunks_exact(n_vocab).zip(want.chunks_exact(n_vocab)) {
+            agree += usize::from(argmax(g) == argmax(w));
+            for (a, b) in g.iter().zip(w) {
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        let agreement = agree as f64 / rows as f64;
+        eprintln!(
+            "{preset} (simd {simd}): top-1 agreement {agreement:.4}, max |Δlogit| {max_diff:e}"
+        );
+        if simd {
+            assert!(agreement >= 0.97, "{preset}: top-1 agreement {agreement}");
+            assert!(max_diff < 0.15, "{preset}: logits differ by {max_diff}");
+        } else {
+            assert_eq!(max_diff, 0.0, "{preset}: scalar kernels are not bit-exact");
         }
     }
-    let agreement = agree as f64 / rows as f64;
-    eprintln!("{preset}: top-1 agreement {agreement:.4}, max |Δlogit| {max_diff:e}");
-    assert!(agreement >= 0.99, "{preset}: top-1 agreement {agreement}");
-    assert!(max_diff < 0.05, "{preset}: logits differ by {max_diff}");
 }
 
 #[test]

@@ -32,6 +32,14 @@ mod x86;
 pub use quarrel_gguf::GgmlType;
 pub use repack::{matmul_path, DotKernel, MatmulPath, TILED_MIN_BATCH};
 
+/// Whether SIMD kernels may run. `QUARREL_SIMD=off` in the environment
+/// forces the scalar reference kernels everywhere, to compare against
+/// them; read once.
+pub fn simd_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var("QUARREL_SIMD").map_or(true, |v| v != "off"))
+}
+
 /// Why a row could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {

@@ -53,8 +53,13 @@ pub fn reference(name: &str) -> Reference {
 
 /// Runs `quarrel ARGS`, expecting success; returns stdout.
 fn run_ok(args: &[&str]) -> Vec<u8> {
+    run_ok_env(args, &[])
+}
+
+fn run_ok_env(args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_quarrel"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run quarrel");
     assert!(
@@ -140,4 +145,9 @@ pub fn scratch_dir(name: &str) -> Scratch {
 /// Runs `quarrel ARGS` expecting success, ignoring stdout.
 pub fn quarrel_ok(args: &[&str]) {
     run_ok(args);
+}
+
+/// [`quarrel_ok`] with extra environment variables.
+pub fn quarrel_ok_env(args: &[&str], env: &[(&str, &str)]) {
+    run_ok_env(args, env);
 }

@@ -13,12 +13,14 @@ use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
 use rayon::prelude::*;
 
-use crate::ops::ggml_math::{dot_f16, expf, mad_f16, mad_f32_f16, scale_f16};
+use crate::ops::ggml_math::{dot_f16, exp_shifted, mad_f16, mad_f32_f16, scale_f16, tile_scores};
 use crate::tensor::{CpuKvCache, CpuTensor};
 
 /// Queries of one sequence from which the f32 tiled path is used.
 const TILE_Q: usize = 64;
 const TILE_KV: usize = 64;
+/// Query rows per task of the tiled path.
+const BLOCK_ROWS: usize = 16;
 /// ggml pads the cache length it attends over to 256 positions, and splits
 /// a single query's keys across threads from 512 (see attend_f16).
 const KV_PAD: usize = 256;
@@ -156,54 +158,102 @@ impl HeadCtx<'_> {
             out.iter_mut().for_each(|o| *o *= inv);
         }
     }
+}
 
-    /// ggml's tiled path: f32 throughout, 64 keys per tile aligned to
-    /// absolute cache positions: Q·K as a sequential FMA chain, the tile's
-    /// softmax with ggml's vector expf summed 8 lanes at a time into f64,
-    /// then V accumulated by FMA key after key.
-    fn attend_f32(&self, q: &[f32], vis: &Visible<'_>, out: &mut [f32]) {
-        let mut acc = [0f32; MAX_HEAD_DIM];
-        let acc = &mut acc[..self.p.head_dim_v];
-        let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
-        let mut start = vis.lo / TILE_KV * TILE_KV;
-        while start <= vis.pos {
-            // Masked keys of the tile keep -inf and weigh exactly zero.
-            let mut probs = [f32::NEG_INFINITY; TILE_KV];
-            let first = start.max(vis.lo);
-            let end = (start + TILE_KV).min(vis.pos + 1);
-            for j in first..end {
-                let dot = q
-                    .iter()
-                    .zip(self.key(vis.slots[j]))
-                    .fold(0.0f32, |a, (&q, k)| k.to_f32().mul_add(q, a));
-                probs[j - start] = dot * self.p.kq_scale;
-            }
-            let tile_max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m_new = m.max(tile_max);
-            if m_new > m {
-                let ms = (m - m_new).exp();
-                acc.iter_mut().for_each(|a| *a *= ms);
-                s *= ms;
-            }
-            m = m_new;
-            let mut tile_sum = 0.0f64;
-            for group in probs.chunks_exact_mut(8) {
-                for p in group.iter_mut() {
-                    *p = expf(*p - m);
+/// ggml's tiled path for `out.len() / out_cols` consecutive query rows of
+/// one sequence starting at `r0`, all heads: f32 throughout, 64 keys per
+/// tile aligned to absolute positions. Q·K is a sequential FMA chain per
+/// key; each tile's softmax uses ggml's vector expf summed 8 lanes at a
+/// time into f64; V is accumulated by FMA key after key. Each key tile is
+/// converted to f32 once for all the rows and heads that share it.
+#[allow(clippy::too_many_arguments)]
+fn attend_tiled(
+    q: &CpuTensor,
+    cache: (&[f16], &[f16], usize, usize),
+    seq: &SeqRows<'_>,
+    positions: &[u32],
+    p: &AttnParams,
+    r0: usize,
+    out: &mut [f32],
+    out_cols: usize,
+) {
+    let (k_cache, v_cache, k_dim, v_dim) = cache;
+    let (dk, dv) = (p.head_dim_k, p.head_dim_v);
+    let group = p.n_head / p.n_head_kv;
+    let n_rows = out.len() / out_cols;
+    let vis: Vec<Visible<'_>> = (r0..r0 + n_rows)
+        .map(|r| Visible::new(seq.slots, positions[r], p.window))
+        .collect();
+    // Running max and sum per (row, head); `out` holds the accumulators.
+    let mut m = vec![f32::NEG_INFINITY; n_rows * p.n_head];
+    let mut s = vec![0f32; n_rows * p.n_head];
+    out.fill(0.0);
+    let mut kt = vec![0f32; dk * TILE_KV];
+    let lo = vis.iter().map(|v| v.lo).min().unwrap_or(0);
+    let hi = vis.iter().map(|v| v.pos).max().unwrap_or(0);
+    for kv_head in 0..p.n_head_kv {
+        let mut start = lo / TILE_KV * TILE_KV;
+        while start <= hi {
+            for j in start.max(lo)..(start + TILE_KV).min(hi + 1) {
+                let slot = seq.slots[j] as usize;
+                let key = &k_cache[slot * k_dim + kv_head * dk..][..dk];
+                for (d, k) in key.iter().enumerate() {
+                    kt[d * TILE_KV + j - start] = k.to_f32();
                 }
-                let g = &*group;
-                let sum8 = ((g[4] + g[0]) + (g[6] + g[2])) + ((g[5] + g[1]) + (g[7] + g[3]));
-                tile_sum += sum8 as f64;
             }
-            s = (s as f64 + tile_sum) as f32;
-            for j in first..end {
-                mad_f32_f16(acc, self.value(vis.slots[j]), probs[j - start]);
+            for (i, vis) in vis.iter().enumerate() {
+                // Each query's tiles run from the one holding its first key.
+                if start > vis.pos || start < vis.lo / TILE_KV * TILE_KV {
+                    continue;
+                }
+                let first = start.max(vis.lo);
+                let end = (start + TILE_KV).min(vis.pos + 1);
+                for h in kv_head * group..(kv_head + 1) * group {
+                    let qh = &q.data[(r0 + i) * q.cols + h * dk..][..dk];
+                    let mut probs = [0f32; TILE_KV];
+                    tile_scores(&kt, qh, &mut probs);
+                    // Masked keys keep -inf and weigh exactly zero.
+                    for (j, pr) in probs.iter_mut().enumerate() {
+                        *pr = if (first..end).contains(&(start + j)) {
+                            *pr * p.kq_scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                    let state = i * p.n_head + h;
+                    let acc = &mut out[i * out_cols + h * dv..][..dv];
+                    let tile_max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let m_new = m[state].max(tile_max);
+                    if m_new > m[state] {
+                        let ms = (m[state] - m_new).exp();
+                        acc.iter_mut().for_each(|a| *a *= ms);
+                        s[state] *= ms;
+                    }
+                    m[state] = m_new;
+                    exp_shifted(&mut probs, m_new);
+                    let tile_sum: f64 = probs
+                        .chunks_exact(8)
+                        .map(|g| {
+                            (((g[4] + g[0]) + (g[6] + g[2])) + ((g[5] + g[1]) + (g[7] + g[3])))
+                                as f64
+                        })
+                        .sum();
+                    s[state] = (s[state] as f64 + tile_sum) as f32;
+                    for j in first..end {
+                        let slot = seq.slots[j] as usize;
+                        let value = &v_cache[slot * v_dim + kv_head * dv..][..dv];
+                        mad_f32_f16(acc, value, probs[j - start]);
+                    }
+                }
             }
             start += TILE_KV;
         }
-        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-        for (o, a) in out.iter_mut().zip(acc.iter()) {
-            *o = a * inv;
+    }
+    for (i, row) in out.chunks_exact_mut(out_cols).enumerate() {
+        for (h, acc) in row[..p.n_head * dv].chunks_exact_mut(dv).enumerate() {
+            let sum = s[i * p.n_head + h];
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            acc.iter_mut().for_each(|a| *a *= inv);
         }
     }
 }
@@ -232,8 +282,19 @@ pub fn attention(
         // The path follows the sequence's own rows, as llama.cpp's follows
         // the batch of a lone sequence, so a sequence's numbers do not
         // depend on what else shares the batch.
-        let f32_path = rows.len() >= TILE_Q;
         let out_rows = &mut out.data[rows.start * out.cols..rows.end * out.cols];
+        if rows.len() >= TILE_Q {
+            let cache = (k_cache, v_cache, k_dim, v_dim);
+            let cols = out.cols;
+            out_rows
+                .par_chunks_mut(BLOCK_ROWS * cols)
+                .enumerate()
+                .for_each(|(b, o)| {
+                    let r0 = rows.start + b * BLOCK_ROWS;
+                    attend_tiled(q, cache, seq, positions, p, r0, o, cols);
+                });
+            continue;
+        }
         out_rows
             .par_chunks_mut(p.head_dim_v)
             .enumerate()
@@ -249,14 +310,10 @@ pub fn attention(
                 };
                 let qh = &q.data[r * q_cols + h * p.head_dim_k..][..p.head_dim_k];
                 let vis = Visible::new(seq.slots, positions[r], p.window);
-                if f32_path {
-                    ctx.attend_f32(qh, &vis, o);
-                } else {
-                    let n_kv = (positions[r] as usize + 1)
-                        .next_multiple_of(KV_PAD)
-                        .min(n_slots);
-                    ctx.attend_f16(qh, &vis, n_kv, o);
-                }
+                let n_kv = (positions[r] as usize + 1)
+                    .next_multiple_of(KV_PAD)
+                    .min(n_slots);
+                ctx.attend_f16(qh, &vis, n_kv, o);
             });
     }
 }

@@ -125,6 +125,33 @@ pub fn mad_f32_f16(acc: &mut [f32], v: &[f16], p: f32) {
     }
 }
 
+/// Scores of one query against a tile of 64 keys stored transposed
+/// (`kt[d * 64 + j]` is element d of key j): for each key, ggml's tiled
+/// attention's sequential FMA chain over the head dimension.
+pub fn tile_scores(kt: &[f32], q: &[f32], scores: &mut [f32; 64]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { super::x86::tile_scores(kt, q, scores) };
+    }
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = q
+            .iter()
+            .enumerate()
+            .fold(0.0f32, |a, (d, &q)| kt[d * 64 + j].mul_add(q, a));
+    }
+}
+
+/// p = expf(p - m) for every element (`p.len()` a multiple of 8).
+pub fn exp_shifted(p: &mut [f32], m: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { super::x86::exp_shifted(p, m) };
+    }
+    p.iter_mut().for_each(|p| *p = expf(*p - m));
+}
+
 /// `ggml_vec_dot_f16` on AVX2: four 8-lane FMA accumulators over blocks
 /// of 32, reduced pairwise then horizontally; the tail in f64.
 pub fn dot_f16_scalar(x: &[f16], y: &[f16]) -> f32 {

@@ -24,6 +24,8 @@ pub struct MatmulScratch {
     act: Vec<u8>,
     /// Output transposed (weight row major), when there are several tokens.
     out_t: Vec<f32>,
+    /// Activations rounded through the dot type, for the tiled matmul.
+    xq: Vec<f32>,
 }
 
 impl MatmulScratch {
@@ -31,6 +33,7 @@ impl MatmulScratch {
         MatmulScratch {
             act: Vec::new(),
             out_t: Vec::new(),
+            xq: Vec::new(),
         }
     }
 }
@@ -40,6 +43,12 @@ pub fn matmul(x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, scratch: &mut M
     assert_eq!(out.cols, w.rows, "matmul output width");
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::applies(n) {
+        super::gemm::round_activations(w.ty, x.live(), k, &mut scratch.act, &mut scratch.xq);
+        super::gemm::matmul(&scratch.xq, w, out);
+        return;
+    }
     let path = quarrel_quant::matmul_path(w.ty, m);
     let kernel = |t: usize| -> DotKernel { path.kernel(t, n) };
     let dot_ty = quarrel_quant::vec_dot_type(w.ty);

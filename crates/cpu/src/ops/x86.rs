@@ -9,7 +9,8 @@ use half::f16;
 
 /// Whether this CPU runs the functions below (cached by std).
 pub fn available() -> bool {
-    is_x86_feature_detected!("avx2")
+    quarrel_quant::simd_allowed()
+        && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
 }
@@ -197,5 +198,120 @@ pub unsafe fn swiglu(out: &mut [f32], g: &[f32], u: &[f32]) {
     }
     for k in np..n {
         out[k] = super::ggml_math::silu(g[k]) * u[k];
+    }
+}
+
+/// One register tile of the prompt-processing matmul (see ops::gemm):
+/// `c[i * ldc + j] (+)= Σ_kk a[i * lda + kk] · b[kk * 16 + j]` for the
+/// first `mr` (≤ 6) rows and `cols` (≤ 16) columns; `accumulate` adds the
+/// tile to what `c` holds instead of overwriting it.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` must hold `mr` rows of `kc` floats
+/// `lda` apart, `b` `kc * 16` floats, `c` `mr` rows of `cols` floats `ldc`
+/// apart.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_tile(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller; each instance needs mr rows.
+    unsafe {
+        match mr {
+            6 => gemm_tile_m::<6>(kc, a, lda, b, c, ldc, cols, accumulate),
+            5 => gemm_tile_m::<5>(kc, a, lda, b, c, ldc, cols, accumulate),
+            4 => gemm_tile_m::<4>(kc, a, lda, b, c, ldc, cols, accumulate),
+            3 => gemm_tile_m::<3>(kc, a, lda, b, c, ldc, cols, accumulate),
+            2 => gemm_tile_m::<2>(kc, a, lda, b, c, ldc, cols, accumulate),
+            1 => gemm_tile_m::<1>(kc, a, lda, b, c, ldc, cols, accumulate),
+            _ => unreachable!("tiles have 1 to 6 rows"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_tile_m<const M: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    for kk in 0..kc {
+        // SAFETY: kk < kc, within the caller's a and b.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * 16));
+            let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(i * lda + kk));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let mut tile = [0f32; 16];
+        // SAFETY: tile holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(8), acc[1]);
+        }
+        // SAFETY: row i < mr of c has cols writable floats.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), cols) };
+        if accumulate {
+            dst.iter_mut().zip(&tile).for_each(|(d, t)| *d += t);
+        } else {
+            dst.copy_from_slice(&tile[..cols]);
+        }
+    }
+}
+
+/// See ggml_math::tile_scores: eight keys per vector, each lane its own
+/// sequential FMA chain, so every score is bit-identical to the scalar one.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_scores(kt: &[f32], q: &[f32], scores: &mut [f32; 64]) {
+    assert!(
+        kt.len() >= q.len() * 64,
+        "key tile holds the head dimension"
+    );
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (d, &qd) in q.iter().enumerate() {
+        let qv = _mm256_set1_ps(qd);
+        for (g, a) in acc.iter_mut().enumerate() {
+            // SAFETY: d * 64 + g * 8 + 8 <= kt.len(), asserted above.
+            let k = unsafe { _mm256_loadu_ps(kt.as_ptr().add(d * 64 + g * 8)) };
+            *a = _mm256_fmadd_ps(k, qv, *a);
+        }
+    }
+    for (g, a) in acc.iter().enumerate() {
+        // SAFETY: g * 8 + 8 <= 64.
+        unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add(g * 8), *a) };
+    }
+}
+
+/// See ggml_math::exp_shifted.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_shifted(p: &mut [f32], m: f32) {
+    let mv = _mm256_set1_ps(m);
+    for c in p.chunks_exact_mut(8) {
+        // SAFETY: c holds 8 floats; expf8 needs the enabled features.
+        unsafe {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv);
+            _mm256_storeu_ps(c.as_mut_ptr(), expf8(x));
+        }
     }
 }

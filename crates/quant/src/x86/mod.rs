@@ -32,7 +32,8 @@ pub(crate) fn available() -> bool {
         NO => false,
         YES => true,
         _ => {
-            let yes = is_x86_feature_detected!("avx2")
+            let yes = crate::simd_allowed()
+                && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
             STATE.store(if yes { YES } else { NO }, Ordering::Relaxed);

@@ -1,0 +1,259 @@
+//! Prompt processing: matrix × matrix on FMA register tiles.
+//!
+//! For a batch of many tokens the integer dot kernels are compute-bound
+//! at one f32 FMA per 32-element block per token-row pair, plus the
+//! unpacking; here each weight block is unpacked once per batch instead.
+//! A thread takes a contiguous range of 16-row panels of the weight
+//! matrix, dequantizes 256 columns of a panel at a time into an
+//! L1-resident buffer (column major, 16 floats per column), and runs every
+//! group of six tokens over it: 12 accumulators of 8 lanes, two vector
+//! loads and six broadcasts per 12 FMAs.
+//!
+//! The activations are first rounded through the weight type's dot type
+//! (Q8_0, Q8_1 or Q8_K) exactly as the integer kernels quantize them, so
+//! the products are those of llama.cpp's quantized matmul and only the
+//! f32 summation order differs. One more detail is kept: for Q4_1 / Q5_1
+//! weights ggml multiplies each block's offset by the activation block's
+//! sum as stored in f16 (Q8_1's `s`), not by the exact sum. Those rows get
+//! one extra column per block: the activation side holds `s` minus the
+//! exact sum, the weight side the block's offset.
+
+use quarrel_quant::GgmlType;
+use rayon::prelude::*;
+
+use super::x86;
+use crate::tensor::{CpuTensor, CpuWeight};
+
+/// The fewest tokens for which unpacking every weight once to f32 beats
+/// the integer dot kernels (measured: see BENCHMARKS.md).
+pub const GEMM_MIN_TOKENS: usize = 32;
+/// Weight rows per panel: two 8-lane vectors.
+const NR: usize = 16;
+/// Tokens per register tile.
+const MR: usize = 6;
+/// Columns per panel chunk: 16 KiB of f32, a multiple of every block size.
+const KC: usize = 256;
+/// Panels per task: enough work to amortise a task, small enough to balance.
+const PANELS_PER_TASK: usize = 2;
+
+/// Raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output (their own
+// panels' rows), and the caller's &mut borrow outlives every task.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer itself is never mutated.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` floats in (a method, so that closures capture
+    /// the Send wrapper rather than its raw pointer field).
+    ///
+    /// # Safety
+    /// `offset` must be within the output.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Whether [`matmul`] serves `tokens` rows of activations on this CPU.
+pub fn applies(tokens: usize) -> bool {
+    tokens >= GEMM_MIN_TOKENS && x86::available()
+}
+
+/// Weight types whose blocks carry an offset multiplied by Q8_1's `s`.
+fn has_offset(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
+}
+
+/// Row length of the rounded activations for weights of `ty`: `k`, plus
+/// one correction column per block for offset types.
+pub fn rounded_len(ty: GgmlType, k: usize) -> usize {
+    if has_offset(ty) {
+        k + k / ty.block_size()
+    } else {
+        k
+    }
+}
+
+/// Rounds each activation row (`k` elements) through `vec_dot_type(ty)`
+/// into `xq`, rows of [`rounded_len`].
+pub fn round_activations(ty: GgmlType, x: &[f32], k: usize, act: &mut Vec<u8>, xq: &mut Vec<f32>) {
+    let dot_ty = quarrel_quant::vec_dot_type(ty);
+    let act_row = dot_ty
+        .row_bytes(k as u64)
+        .expect("row length checked at load") as usize;
+    let ka = rounded_len(ty, k);
+    let n = x.len() / k;
+    act.resize(n * act_row, 0);
+    xq.resize(n * ka, 0.0);
+    act.par_chunks_mut(act_row)
+        .zip(xq.par_chunks_mut(ka))
+        .zip(x.par_chunks(k))
+        .for_each(|((a, q), src)| {
+            quarrel_quant::quantize_activation(ty, src, a).expect("sizes match");
+            let (q, corr) = q.split_at_mut(k);
+            quarrel_quant::dequantize_row(dot_ty, a, q).expect("sizes match");
+            // Q8_1 blocks: f16 d, f16 s, 32 quants.
+            for ((c, blk), xs) in corr
+                .iter_mut()
+                .zip(a.chunks_exact(36))
+                .zip(q.chunks_exact(32))
+            {
+                let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32() as f64;
+                *c = (s - xs.iter().map(|&v| v as f64).sum::<f64>()) as f32;
+            }
+        });
+}
+
+/// out (n × m) = xq (n × ka) · wᵀ, `xq` rounded by [`round_activations`].
+pub fn matmul(xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
+    let (k, m) = (w.cols, w.rows);
+    let ka = rounded_len(w.ty, k);
+    let n = xq.len() / ka;
+    out.rows = n;
+    let ldc = out.cols;
+    let c = OutPtr(out.live_mut().as_mut_ptr());
+    let panels = m.div_ceil(NR);
+    (0..panels.div_ceil(PANELS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let mut panel = [0f32; NR * KC];
+            let mut row = [0f32; KC];
+            let first = task * PANELS_PER_TASK;
+            for p in first..(first + PANELS_PER_TASK).min(panels) {
+                let r0 = p * NR;
+                let rows = NR.min(m - r0);
+                // Chunks never straddle the weights / corrections boundary.
+                let chunks = (0..k).step_by(KC).chain((k..ka).step_by(KC));
+                for k0 in chunks {
+                    let kc = KC.min(if k0 < k { k } else { ka } - k0);
+                    pack_panel(w, r0, rows, k0, kc, &mut row, &mut panel);
+                    for t0 in (0..n).step_by(MR) {
+                        // SAFETY: xq holds n rows of k; the panel holds kc
+                        // columns of NR; c points at n rows of ldc >= m
+                        // floats, and this task alone writes columns
+                        // r0..r0 + rows.
+                        unsafe {
+                            x86::gemm_tile(
+                                MR.min(n - t0),
+                                kc,
+                                xq.as_ptr().add(t0 * ka + k0),
+                                ka,
+                                panel.as_ptr(),
+                                c.at(t0 * ldc + r0),
+                                ldc,
+                                rows,
+                                k0 > 0,
+                            );
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Dequantizes columns k0..k0 + kc of weight rows r0..r0 + rows into
+/// `panel`, column major (`panel[j * NR + i]` is row r0 + i, column k0 + j);
+/// rows past the matrix are zero. Columns from `w.cols` on are the blocks'
+/// offsets (see [`rounded_len`]).
+fn pack_panel(
+    w: &CpuWeight,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    row: &mut [f32; KC],
+    panel: &mut [f32; NR * KC],
+) {
+    let (bs, ts) = (w.ty.block_size(), w.ty.type_size());
+    for i in 0..NR {
+        if i < rows && k0 >= w.cols {
+            // Q4_1 / Q5_1 blocks start with f16 d, then f16 m.
+            let b0 = (k0 - w.cols) * ts;
+            let blocks = w.row(r0 + i)[b0..b0 + kc * ts].chunks_exact(ts);
+            for (v, blk) in row.iter_mut().zip(blocks) {
+                *v = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+            }
+        } else if i < rows {
+            let bytes = &w.row(r0 + i)[k0 / bs * ts..(k0 + kc) / bs * ts];
+            quarrel_quant::dequantize_row(w.ty, bytes, &mut row[..kc])
+                .expect("type checked at load");
+        } else {
+            row[..kc].fill(0.0);
+        }
+        for (j, &v) in row[..kc].iter().enumerate() {
+            panel[j * NR + i] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quarrel_gguf::Storage;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Every output against ggml's dot kernel on the same quantized
+    /// operands: only the f32 summation order may differ, so the error is
+    /// bounded by a few ulps of Σ|w·x| (a float64 sum of the magnitudes).
+    #[test]
+    fn gemm_matches_the_dot_kernels() {
+        if !x86::available() {
+            eprintln!("skipped: no AVX2 + FMA on this CPU");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        use GgmlType::*;
+        // Rows past a whole panel, columns past a whole chunk, tokens past
+        // a whole tile.
+        for (ty, k) in [
+            (Q4_1, 320),
+            (Q5_1, 320),
+            (Q5_0, 320),
+            (Q8_0, 576),
+            (Q4K, 512),
+            (Q6K, 768),
+            (F32, 40),
+        ] {
+            let (m, n) = (37, 41);
+            let row_bytes = ty.row_bytes(k as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; m * row_bytes];
+            let mut wf = vec![0f32; k];
+            for r in bytes.chunks_exact_mut(row_bytes) {
+                wf.iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
+                quarrel_quant::quantize_row(ty, &wf, r).unwrap();
+            }
+            let w = CpuWeight::new(ty, m, k, Arc::new(Storage::Owned(bytes)), 0);
+            let x: Vec<f32> = (0..n * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let (mut act, mut xq) = (Vec::new(), Vec::new());
+            round_activations(ty, &x, k, &mut act, &mut xq);
+            let mut out = CpuTensor::new(n, m);
+            out.data.fill(f32::NAN);
+            matmul(&xq, &w, &mut out);
+            let act_row = act.len() / n;
+            let mut wd = vec![0f32; k];
+            for r in 0..m {
+                quarrel_quant::dequantize_row(ty, w.row(r), &mut wd).unwrap();
+                for t in 0..n {
+                    let want =
+                        quarrel_quant::vec_dot(ty, k, w.row(r), &act[t * act_row..][..act_row]);
+                    let scale: f64 = wd
+                        .iter()
+                        .zip(&x[t * k..][..k])
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum();
+                    let got = out.data[t * m + r];
+                    assert!(
+                        ((got - want) as f64).abs() <= 1e-5 * scale,
+                        "{ty} row {r} token {t}: {got} vs {want} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
