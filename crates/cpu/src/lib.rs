@@ -2,20 +2,21 @@
 //! operation runs on one persistent thread pool.
 
 mod ops;
+mod pool;
 mod tensor;
 
 use std::sync::Mutex;
 
 use quarrel_gguf::{GgufFile, TensorInfo};
 use quarrel_model::{AttnParams, Backend, FfnActivation, ModelError, RopeParams, SeqRows};
-use rayon::prelude::*;
 
 pub use tensor::{CpuKvCache, CpuTensor, CpuWeight};
 
 use ops::matmul::MatmulScratch;
+use pool::Pool;
 
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: Pool,
     matmul_scratch: Mutex<MatmulScratch>,
 }
 
@@ -27,19 +28,14 @@ impl CpuBackend {
         } else {
             threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("quarrel-cpu-{i}"))
-            .build()
-            .expect("thread pool");
         CpuBackend {
-            pool,
+            pool: Pool::new(threads),
             matmul_scratch: Mutex::new(MatmulScratch::new()),
         }
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 }
 
@@ -94,14 +90,9 @@ impl Backend for CpuBackend {
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuTensor) {
         out.rows = tokens.len();
         let cols = out.cols;
-        self.pool.install(|| {
-            out.live_mut()
-                .par_chunks_mut(cols)
-                .zip(tokens.par_iter())
-                .for_each(|(row, &t)| {
-                    quarrel_quant::dequantize_row(table.ty, table.row(t as usize), row)
-                        .expect("type checked at load");
-                });
+        self.pool.for_each_chunk(out.live_mut(), cols, |i, row| {
+            quarrel_quant::dequantize_row(table.ty, table.row(tokens[i] as usize), row)
+                .expect("type checked at load");
         });
     }
 
@@ -111,20 +102,17 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32, out: &mut CpuTensor) {
         out.rows = x.rows;
-        self.pool
-            .install(|| ops::norm::rms_norm(x.live(), &w.vector, eps, out.live_mut()));
+        ops::norm::rms_norm(&self.pool, x.live(), &w.vector, eps, out.live_mut());
     }
 
     fn rms_norm_inplace(&self, x: &mut CpuTensor, w: &CpuWeight, eps: f32) {
-        self.pool
-            .install(|| ops::norm::rms_norm_inplace(x.live_mut(), &w.vector, eps));
+        ops::norm::rms_norm_inplace(&self.pool, x.live_mut(), &w.vector, eps);
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) {
         let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
         let scratch: &mut MatmulScratch = &mut guard;
-        self.pool
-            .install(|| ops::matmul::matmul(x, w, out, scratch));
+        ops::matmul::matmul(&self.pool, x, w, out, scratch);
     }
 
     fn add_bias(&self, x: &mut CpuTensor, b: &CpuWeight) {
@@ -148,8 +136,7 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &mut CpuTensor, positions: &[u32], p: &RopeParams<'_, CpuWeight>) {
         let cols = x.cols;
-        self.pool
-            .install(|| ops::rope::rope(x.live_mut(), cols, positions, p));
+        ops::rope::rope(&self.pool, x.live_mut(), cols, positions, p);
     }
 
     fn attention(
@@ -164,8 +151,7 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &mut CpuTensor,
     ) {
-        self.pool
-            .install(|| ops::attention::attention(q, k, v, cache, layer, positions, seqs, p, out));
+        ops::attention::attention(&self.pool, q, k, v, cache, layer, positions, seqs, p, out);
     }
 
     fn glu(
@@ -175,8 +161,7 @@ impl Backend for CpuBackend {
         act: FfnActivation,
         out: &mut CpuTensor,
     ) {
-        self.pool
-            .install(|| ops::activation::glu(gate, up, act, out));
+        ops::activation::glu(&self.pool, gate, up, act, out);
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {

@@ -4,12 +4,11 @@
 
 use std::sync::OnceLock;
 
+use crate::ops::ggml_math::swiglu;
+use crate::pool::Pool;
+use crate::tensor::CpuTensor;
 use half::f16;
 use quarrel_model::FfnActivation;
-use rayon::prelude::*;
-
-use crate::ops::ggml_math::swiglu;
-use crate::tensor::CpuTensor;
 
 const GELU_COEF_A: f32 = 0.044715;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -39,7 +38,13 @@ fn gelu(x: f32, table: &[f16]) -> f32 {
 
 /// out = act(gate) * up, row by row; with `up` None, each row of `gate`
 /// holds [gate | up].
-pub fn glu(gate: &CpuTensor, up: Option<&CpuTensor>, act: FfnActivation, out: &mut CpuTensor) {
+pub fn glu(
+    pool: &Pool,
+    gate: &CpuTensor,
+    up: Option<&CpuTensor>,
+    act: FfnActivation,
+    out: &mut CpuTensor,
+) {
     let table = gelu_table();
     let n_ff = out.cols;
     out.rows = gate.rows;
@@ -47,21 +52,18 @@ pub fn glu(gate: &CpuTensor, up: Option<&CpuTensor>, act: FfnActivation, out: &m
         Some(u) => (&u.data, u.cols, 0),
         None => (&gate.data, gate.cols, n_ff),
     };
-    out.live_mut()
-        .par_chunks_mut(n_ff)
-        .enumerate()
-        .for_each(|(r, o)| {
-            let g = &gate.data[r * gate.cols..][..n_ff];
-            let u = &up_data[r * up_cols + up_offset..][..n_ff];
-            match act {
-                FfnActivation::SwiGlu => swiglu(o, g, u),
-                FfnActivation::GeGlu => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = gelu(g, table) * u;
-                    }
+    pool.for_each_chunk(out.live_mut(), n_ff, |r, o| {
+        let g = &gate.data[r * gate.cols..][..n_ff];
+        let u = &up_data[r * up_cols + up_offset..][..n_ff];
+        match act {
+            FfnActivation::SwiGlu => swiglu(o, g, u),
+            FfnActivation::GeGlu => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = gelu(g, table) * u;
                 }
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]

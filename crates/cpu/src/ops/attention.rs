@@ -7,11 +7,11 @@
 
 use std::ops::Range;
 
+use crate::pool::Pool;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use quarrel_model::config::MAX_HEAD_DIM;
 use quarrel_model::{AttnParams, SeqRows};
-use rayon::prelude::*;
 
 use crate::ops::ggml_math::{dot_f16, exp_shifted, mad_f16, mad_f32_f16, scale_f16, tile_scores};
 use crate::tensor::{CpuKvCache, CpuTensor};
@@ -260,6 +260,7 @@ fn attend_tiled(
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
+    pool: &Pool,
     q: &CpuTensor,
     k: &CpuTensor,
     v: &CpuTensor,
@@ -286,34 +287,28 @@ pub fn attention(
         if rows.len() >= TILE_Q {
             let cache = (k_cache, v_cache, k_dim, v_dim);
             let cols = out.cols;
-            out_rows
-                .par_chunks_mut(BLOCK_ROWS * cols)
-                .enumerate()
-                .for_each(|(b, o)| {
-                    let r0 = rows.start + b * BLOCK_ROWS;
-                    attend_tiled(q, cache, seq, positions, p, r0, o, cols);
-                });
+            pool.for_each_chunk(out_rows, BLOCK_ROWS * cols, |b, o| {
+                let r0 = rows.start + b * BLOCK_ROWS;
+                attend_tiled(q, cache, seq, positions, p, r0, o, cols);
+            });
             continue;
         }
-        out_rows
-            .par_chunks_mut(p.head_dim_v)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (r, h) = (rows.start + i / p.n_head, i % p.n_head);
-                let ctx = HeadCtx {
-                    k_cache,
-                    v_cache,
-                    k_dim,
-                    v_dim,
-                    kv_head: h / group,
-                    p,
-                };
-                let qh = &q.data[r * q_cols + h * p.head_dim_k..][..p.head_dim_k];
-                let vis = Visible::new(seq.slots, positions[r], p.window);
-                let n_kv = (positions[r] as usize + 1)
-                    .next_multiple_of(KV_PAD)
-                    .min(n_slots);
-                ctx.attend_f16(qh, &vis, n_kv, o);
-            });
+        pool.for_each_chunk(out_rows, p.head_dim_v, |i, o| {
+            let (r, h) = (rows.start + i / p.n_head, i % p.n_head);
+            let ctx = HeadCtx {
+                k_cache,
+                v_cache,
+                k_dim,
+                v_dim,
+                kv_head: h / group,
+                p,
+            };
+            let qh = &q.data[r * q_cols + h * p.head_dim_k..][..p.head_dim_k];
+            let vis = Visible::new(seq.slots, positions[r], p.window);
+            let n_kv = (positions[r] as usize + 1)
+                .next_multiple_of(KV_PAD)
+                .min(n_slots);
+            ctx.attend_f16(qh, &vis, n_kv, o);
+        });
     }
 }

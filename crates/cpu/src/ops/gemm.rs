@@ -19,9 +19,9 @@
 //! exact sum, the weight side the block's offset.
 
 use quarrel_quant::GgmlType;
-use rayon::prelude::*;
 
 use super::x86;
+use crate::pool::Pool;
 use crate::tensor::{CpuTensor, CpuWeight};
 
 /// The fewest tokens for which unpacking every weight once to f32 beats
@@ -79,7 +79,14 @@ pub fn rounded_len(ty: GgmlType, k: usize) -> usize {
 
 /// Rounds each activation row (`k` elements) through `vec_dot_type(ty)`
 /// into `xq`, rows of [`rounded_len`].
-pub fn round_activations(ty: GgmlType, x: &[f32], k: usize, act: &mut Vec<u8>, xq: &mut Vec<f32>) {
+pub fn round_activations(
+    pool: &Pool,
+    ty: GgmlType,
+    x: &[f32],
+    k: usize,
+    act: &mut Vec<u8>,
+    xq: &mut Vec<f32>,
+) {
     let dot_ty = quarrel_quant::vec_dot_type(ty);
     let act_row = dot_ty
         .row_bytes(k as u64)
@@ -88,27 +95,25 @@ pub fn round_activations(ty: GgmlType, x: &[f32], k: usize, act: &mut Vec<u8>, x
     let n = x.len() / k;
     act.resize(n * act_row, 0);
     xq.resize(n * ka, 0.0);
-    act.par_chunks_mut(act_row)
-        .zip(xq.par_chunks_mut(ka))
-        .zip(x.par_chunks(k))
-        .for_each(|((a, q), src)| {
-            quarrel_quant::quantize_activation(ty, src, a).expect("sizes match");
-            let (q, corr) = q.split_at_mut(k);
-            quarrel_quant::dequantize_row(dot_ty, a, q).expect("sizes match");
-            // Q8_1 blocks: f16 d, f16 s, 32 quants.
-            for ((c, blk), xs) in corr
-                .iter_mut()
-                .zip(a.chunks_exact(36))
-                .zip(q.chunks_exact(32))
-            {
-                let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32() as f64;
-                *c = (s - xs.iter().map(|&v| v as f64).sum::<f64>()) as f32;
-            }
-        });
+    pool.for_each_chunk2(act, act_row, xq, ka, |t, a, q| {
+        let src = &x[t * k..][..k];
+        quarrel_quant::quantize_activation(ty, src, a).expect("sizes match");
+        let (q, corr) = q.split_at_mut(k);
+        quarrel_quant::dequantize_row(dot_ty, a, q).expect("sizes match");
+        // Q8_1 blocks: f16 d, f16 s, 32 quants.
+        for ((c, blk), xs) in corr
+            .iter_mut()
+            .zip(a.chunks_exact(36))
+            .zip(q.chunks_exact(32))
+        {
+            let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32() as f64;
+            *c = (s - xs.iter().map(|&v| v as f64).sum::<f64>()) as f32;
+        }
+    });
 }
 
 /// out (n × m) = xq (n × ka) · wᵀ, `xq` rounded by [`round_activations`].
-pub fn matmul(xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
+pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
     let (k, m) = (w.cols, w.rows);
     let ka = rounded_len(w.ty, k);
     let n = xq.len() / ka;
@@ -116,42 +121,40 @@ pub fn matmul(xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
     let ldc = out.cols;
     let c = OutPtr(out.live_mut().as_mut_ptr());
     let panels = m.div_ceil(NR);
-    (0..panels.div_ceil(PANELS_PER_TASK))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut panel = [0f32; NR * KC];
-            let mut row = [0f32; KC];
-            let first = task * PANELS_PER_TASK;
-            for p in first..(first + PANELS_PER_TASK).min(panels) {
-                let r0 = p * NR;
-                let rows = NR.min(m - r0);
-                // Chunks never straddle the weights / corrections boundary.
-                let chunks = (0..k).step_by(KC).chain((k..ka).step_by(KC));
-                for k0 in chunks {
-                    let kc = KC.min(if k0 < k { k } else { ka } - k0);
-                    pack_panel(w, r0, rows, k0, kc, &mut row, &mut panel);
-                    for t0 in (0..n).step_by(MR) {
-                        // SAFETY: xq holds n rows of k; the panel holds kc
-                        // columns of NR; c points at n rows of ldc >= m
-                        // floats, and this task alone writes columns
-                        // r0..r0 + rows.
-                        unsafe {
-                            x86::gemm_tile(
-                                MR.min(n - t0),
-                                kc,
-                                xq.as_ptr().add(t0 * ka + k0),
-                                ka,
-                                panel.as_ptr(),
-                                c.at(t0 * ldc + r0),
-                                ldc,
-                                rows,
-                                k0 > 0,
-                            );
-                        }
+    pool.for_each(panels.div_ceil(PANELS_PER_TASK), |task| {
+        let mut panel = [0f32; NR * KC];
+        let mut row = [0f32; KC];
+        let first = task * PANELS_PER_TASK;
+        for p in first..(first + PANELS_PER_TASK).min(panels) {
+            let r0 = p * NR;
+            let rows = NR.min(m - r0);
+            // Chunks never straddle the weights / corrections boundary.
+            let chunks = (0..k).step_by(KC).chain((k..ka).step_by(KC));
+            for k0 in chunks {
+                let kc = KC.min(if k0 < k { k } else { ka } - k0);
+                pack_panel(w, r0, rows, k0, kc, &mut row, &mut panel);
+                for t0 in (0..n).step_by(MR) {
+                    // SAFETY: xq holds n rows of k; the panel holds kc
+                    // columns of NR; c points at n rows of ldc >= m
+                    // floats, and this task alone writes columns
+                    // r0..r0 + rows.
+                    unsafe {
+                        x86::gemm_tile(
+                            MR.min(n - t0),
+                            kc,
+                            xq.as_ptr().add(t0 * ka + k0),
+                            ka,
+                            panel.as_ptr(),
+                            c.at(t0 * ldc + r0),
+                            ldc,
+                            rows,
+                            k0 > 0,
+                        );
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Dequantizes columns k0..k0 + kc of weight rows r0..r0 + rows into
@@ -231,10 +234,11 @@ mod tests {
             let w = CpuWeight::new(ty, m, k, Arc::new(Storage::Owned(bytes)), 0);
             let x: Vec<f32> = (0..n * k).map(|_| rng.random_range(-2.0..2.0)).collect();
             let (mut act, mut xq) = (Vec::new(), Vec::new());
-            round_activations(ty, &x, k, &mut act, &mut xq);
+            let pool = Pool::new(2);
+            round_activations(&pool, ty, &x, k, &mut act, &mut xq);
             let mut out = CpuTensor::new(n, m);
             out.data.fill(f32::NAN);
-            matmul(&xq, &w, &mut out);
+            matmul(&pool, &xq, &w, &mut out);
             let act_row = act.len() / n;
             let mut wd = vec![0f32; k];
             for r in 0..m {

@@ -11,14 +11,14 @@
 //! K-quant matrices use ggml's tiled matmul for batches of eight or more
 //! tokens, which is why the kernel depends on the whole batch's size.
 
-use quarrel_quant::DotKernel;
-use rayon::prelude::*;
-
+use crate::pool::Pool;
 use crate::tensor::{CpuTensor, CpuWeight};
+use quarrel_quant::DotKernel;
 
-/// Weight rows per task: large enough to amortise scheduling, small
-/// enough to balance two to dozens of threads.
-const ROWS_PER_TASK: usize = 16;
+/// The fewest weight rows per task: a task is worth a few microseconds.
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Tasks per thread, so that a thread slowed by something else is helped.
+const TASKS_PER_THREAD: usize = 4;
 
 pub struct MatmulScratch {
     act: Vec<u8>,
@@ -38,15 +38,22 @@ impl MatmulScratch {
     }
 }
 
-pub fn matmul(x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, scratch: &mut MatmulScratch) {
+pub fn matmul(
+    pool: &Pool,
+    x: &CpuTensor,
+    w: &CpuWeight,
+    out: &mut CpuTensor,
+    scratch: &mut MatmulScratch,
+) {
     assert_eq!(x.cols, w.cols, "matmul inner dimensions");
     assert_eq!(out.cols, w.rows, "matmul output width");
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
     #[cfg(target_arch = "x86_64")]
     if super::gemm::applies(n) {
-        super::gemm::round_activations(w.ty, x.live(), k, &mut scratch.act, &mut scratch.xq);
-        super::gemm::matmul(&scratch.xq, w, out);
+        let (act, xq) = (&mut scratch.act, &mut scratch.xq);
+        super::gemm::round_activations(pool, w.ty, x.live(), k, act, xq);
+        super::gemm::matmul(pool, xq, w, out);
         return;
     }
     let path = quarrel_quant::matmul_path(w.ty, m);
@@ -57,20 +64,11 @@ pub fn matmul(x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, scratch: &mut M
         .expect("row length checked at load") as usize;
     // Grows once to the largest batch, then is reused.
     scratch.act.resize(n * act_row, 0);
-    let quantize = |(t, (dst, src)): (usize, (&mut [u8], &[f32]))| {
+    let src = x.live();
+    pool.for_each_chunk(&mut scratch.act, act_row, |t, dst| {
+        let src = &src[t * k..][..k];
         quarrel_quant::quantize_activation_for(kernel(t), w.ty, src, dst).expect("sizes match");
-    };
-    if n == 1 {
-        // A microsecond of work: not worth waking the pool for.
-        quantize((0, (&mut scratch.act[..], x.live())));
-    } else {
-        scratch
-            .act
-            .par_chunks_mut(act_row)
-            .zip(x.live().par_chunks(k))
-            .enumerate()
-            .for_each(quantize);
-    }
+    });
     let act = &scratch.act;
     let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
     let dot_rows = |r0: usize, dst: &mut [f32]| {
@@ -90,26 +88,19 @@ pub fn matmul(x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, scratch: &mut M
             }
         }
     };
+    let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
     if n == 1 {
-        out.live_mut()
-            .par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(i, dst)| dot_rows(i * ROWS_PER_TASK, dst));
+        pool.for_each_chunk(out.live_mut(), rows, |i, dst| dot_rows(i * rows, dst));
         return;
     }
     scratch.out_t.resize(m * n, 0.0);
-    scratch
-        .out_t
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(i, dst)| dot_rows(i * ROWS_PER_TASK, dst));
+    pool.for_each_chunk(&mut scratch.out_t, rows * n, |i, dst| {
+        dot_rows(i * rows, dst)
+    });
     let out_t = &scratch.out_t;
-    out.live_mut()
-        .par_chunks_mut(m)
-        .enumerate()
-        .for_each(|(t, row)| {
-            for (r, o) in row.iter_mut().enumerate() {
-                *o = out_t[r * n + t];
-            }
-        });
+    pool.for_each_chunk(out.live_mut(), m, |t, row| {
+        for (r, o) in row.iter_mut().enumerate() {
+            *o = out_t[r * n + t];
+        }
+    });
 }

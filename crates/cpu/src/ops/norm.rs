@@ -1,6 +1,6 @@
 //! RMSNorm as ggml computes it: the sum of squares in f64, the scale in f32.
 
-use rayon::prelude::*;
+use crate::pool::Pool;
 
 /// Values per parallel task: whole groups, at least a few hundred values.
 fn task_len(g: usize) -> usize {
@@ -15,23 +15,21 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
 }
 
 /// Normalises each run of `w.len()` values of `x` into `out`, times `w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let g = w.len();
-    out.par_chunks_mut(task_len(g))
-        .zip(x.par_chunks(task_len(g)))
-        .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(g).zip(x.chunks_exact(g)) {
-                let scale = rms_scale(x, eps);
-                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x * scale * w;
-                }
+pub fn rms_norm(pool: &Pool, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let (g, len) = (w.len(), task_len(w.len()));
+    pool.for_each_chunk(out, len, |i, o| {
+        for (o, x) in o.chunks_exact_mut(g).zip(x[i * len..].chunks_exact(g)) {
+            let scale = rms_scale(x, eps);
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * scale * w;
             }
-        });
+        }
+    });
 }
 
-pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+pub fn rms_norm_inplace(pool: &Pool, x: &mut [f32], w: &[f32], eps: f32) {
     let g = w.len();
-    x.par_chunks_mut(task_len(g)).for_each(|x| {
+    pool.for_each_chunk(x, task_len(g), |_, x| {
         for x in x.chunks_exact_mut(g) {
             let scale = rms_scale(x, eps);
             for (x, &w) in x.iter_mut().zip(w) {

@@ -4,8 +4,9 @@
 use std::arch::x86_64::*;
 
 use super::{
-    bytes, bytes_from_bits_32, f16_at, f16_bits, f16_pair, hsum_float_8, hsum_i32_8, load_256,
-    load_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, nibbles_32, store_256, store_i8x32, Affine,
+    bytes, bytes_from_bits_32, f16_at, f16_bits, f16_pair, f16x2_at, hsum_float_8, hsum_i32_8,
+    load_256, load_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, nibbles_32, store_256, store_i8x32,
+    Affine,
 };
 use crate::legacy::{check, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, QK};
 
@@ -67,14 +68,16 @@ const fn layout(f: u8) -> (usize, usize, bool) {
 macro_rules! step {
     ($f:expr, $bx:expr, $by:expr, $qx:expr, $qy:expr, $acc:expr, $summs:expr) => {{
         let (_, _, with_min) = layout($f);
-        let q = if with_min {
-            let [m, s] = f16_pair($bx, 2, $by, 2);
-            $summs = m.mul_add(s, $summs);
-            mul_sum_us8_pairs($qx, $qy)
+        let (q, d) = if with_min {
+            // Both blocks start with two f16s: (d, m) and (d, s).
+            let (x, y) = (f16x2_at($bx, 0), f16x2_at($by, 0));
+            let (m, s) = (_mm_movehdup_ps(x), _mm_movehdup_ps(y));
+            $summs = _mm_cvtss_f32(_mm_fmadd_ss(m, s, _mm_set_ss($summs)));
+            let d = _mm256_broadcastss_ps(_mm_mul_ss(x, y));
+            (mul_sum_us8_pairs($qx, $qy), d)
         } else {
-            mul_sum_i8_pairs($qx, $qy)
+            (mul_sum_i8_pairs($qx, $qy), _mm256_set1_ps(dxy($bx, $by)))
         };
-        let d = _mm256_set1_ps(dxy($bx, $by));
         $acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), $acc);
     }};
 }

@@ -116,10 +116,19 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16_pair(a: &[u8], i: usize, b: &[u8], j: usize) -> [f32; 2] {
-    let bits = u32::from(u16::from_le_bytes([a[i], a[i + 1]]))
-        | u32::from(u16::from_le_bytes([b[j], b[j + 1]])) << 16;
+    let bits = u32::from(u16::from_le_bytes(*bytes(a, i)))
+        | u32::from(u16::from_le_bytes(*bytes(b, j))) << 16;
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
     [_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v))]
+}
+
+/// The two adjacent f16s at `b[at..at + 4]`, widened into lanes 0 and 1
+/// by one 32-bit load and one conversion.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x2_at(b: &[u8], at: usize) -> __m128 {
+    let bits = u32::from_le_bytes(*bytes(b, at));
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
 }
 
 /// f32 to f16 bits by F16C, round to nearest even (as `f16c_fp32_to_fp16`).
