@@ -99,7 +99,9 @@ impl HeadCtx<'_> {
         let mut acc = [f16::ZERO; MAX_HEAD_DIM];
         let acc = &mut acc[..self.p.head_dim_v];
         let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
-        let keys = keys.start.max(vis.lo)..keys.end.min(vis.pos + 1);
+        // A split chunk may lie wholly before the window: no keys.
+        let end = keys.end.min(vis.pos + 1);
+        let keys = keys.start.max(vis.lo).min(end)..end;
         for &slot in &vis.slots[keys] {
             let score = dot_f16(q16, self.key(slot)) * self.p.kq_scale;
             let (mut ms, mut vs) = (1.0f32, 1.0f32);
