@@ -268,6 +268,55 @@ impl<T> Split<T> {
     }
 }
 
+/// A row-major f32 matrix whose columns tasks fill independently (each
+/// column written by one task only): the output of a matmul whose tasks
+/// own ranges of weight rows.
+pub struct ColumnSplit<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    ld: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: tasks write disjoint columns (the contract of `at` / `set`), and
+// the matrix stays borrowed mutably for the split's lifetime.
+unsafe impl Sync for ColumnSplit<'_> {}
+
+impl<'a> ColumnSplit<'a> {
+    /// `data` as rows of `ld` floats.
+    pub fn new(data: &'a mut [f32], ld: usize) -> Self {
+        ColumnSplit {
+            ptr: data.as_mut_ptr(),
+            rows: data.len() / ld,
+            ld,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// The element at (`row`, `col`).
+    ///
+    /// # Safety
+    /// Through the pointer the caller may reach only columns that no other
+    /// task accesses meanwhile, and only within the matrix.
+    pub unsafe fn at(&self, row: usize, col: usize) -> *mut f32 {
+        assert!(
+            row < self.rows && col < self.ld,
+            "({row}, {col}) outside the matrix"
+        );
+        // SAFETY: in bounds, checked just above.
+        unsafe { self.ptr.add(row * self.ld + col) }
+    }
+
+    /// Writes `v` at (`row`, `col`).
+    ///
+    /// # Safety
+    /// No other task may access column `col` meanwhile.
+    pub unsafe fn set(&self, row: usize, col: usize, v: f32) {
+        // SAFETY: the caller owns the column; `at` checks the bounds.
+        unsafe { *self.at(row, col) = v }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

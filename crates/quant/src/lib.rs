@@ -32,12 +32,15 @@ mod x86;
 pub use quarrel_gguf::GgmlType;
 pub use repack::{matmul_path, DotKernel, MatmulPath, TILED_MIN_BATCH};
 
-/// Whether SIMD kernels may run. `QUARREL_SIMD=off` in the environment
-/// forces the scalar reference kernels everywhere, to compare against
-/// them; read once.
-pub fn simd_allowed() -> bool {
-    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var("QUARREL_SIMD").map_or(true, |v| v != "off"))
+/// Whether the SIMD kernels run: on x86-64 with AVX2, FMA and F16C
+/// (detected once), unless `QUARREL_SIMD=off` in the environment forces
+/// the scalar reference kernels everywhere, to compare against them. The
+/// CPU backend's own SIMD kernels follow the same answer.
+pub fn simd_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Why a row could not be converted.
@@ -110,6 +113,12 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
     if x86::dequantize_row(ty, src, dst) {
         return Ok(());
     }
+    dequantize_row_scalar(ty, src, dst)
+}
+
+/// [`dequantize_row`] through the scalar reference kernels only.
+pub fn dequantize_row_scalar(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    check_row(ty, dst.len(), src.len())?;
     use GgmlType::*;
     let f = match ty {
         F32 => float::f32_row_from_le,
@@ -200,6 +209,17 @@ pub fn quantize_activation(
     if x86::quantize_activation(ty, false, src, dst) {
         return Ok(());
     }
+    quantize_activation_scalar(weight_ty, src, dst)
+}
+
+/// [`quantize_activation`] through the scalar reference kernels only.
+pub fn quantize_activation_scalar(
+    weight_ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let ty = vec_dot_type(weight_ty);
+    check_row(ty, src.len(), dst.len())?;
     use GgmlType::*;
     let f = match ty {
         F32 => float::f32_row_to_le,

@@ -8,8 +8,9 @@
 //! scalar models and the tests prove nothing (they say so on stderr).
 
 use quarrel_quant::{
-    dequantize_row, dot, dot_multi, float, k_quants, legacy, quantize_activation,
-    quantize_activation_for, vec_dot, vec_dot_scalar, vec_dot_type, DotKernel, GgmlType,
+    dequantize_row, dequantize_row_scalar, dot, dot_multi, float, k_quants, legacy,
+    quantize_activation, quantize_activation_for, quantize_activation_scalar, vec_dot,
+    vec_dot_scalar, vec_dot_type, DotKernel, GgmlType,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,16 +18,10 @@ use rand::{Rng, SeedableRng};
 use GgmlType::*;
 
 type Dot = fn(usize, &[u8], &[u8]) -> f32;
-type Dequant = fn(&[u8], &mut [f32]);
-type Quant = fn(&[f32], &mut [u8]);
 
 fn seed() -> u64 {
-    let simd = cfg!(target_arch = "x86_64")
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c");
-    if !simd {
-        eprintln!("no AVX2 + FMA + F16C: comparing the scalar models with themselves");
+    if !quarrel_quant::simd_enabled() {
+        eprintln!("no SIMD kernels (no AVX2 + FMA + F16C, or QUARREL_SIMD=off): comparing the scalar models with themselves");
     }
     std::env::var("QUARREL_SIMD_SEED")
         .ok()
@@ -36,36 +31,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         })
-}
-
-fn scalar_dequant(ty: GgmlType) -> Dequant {
-    match ty {
-        F16 => float::fp16_to_fp32_row,
-        Bf16 => float::bf16_to_fp32_row,
-        Q4_0 => legacy::dequantize_row_q4_0,
-        Q4_1 => legacy::dequantize_row_q4_1,
-        Q5_0 => legacy::dequantize_row_q5_0,
-        Q5_1 => legacy::dequantize_row_q5_1,
-        Q8_0 => legacy::dequantize_row_q8_0,
-        Q2K => k_quants::dequantize_row_q2_k,
-        Q3K => k_quants::dequantize_row_q3_k,
-        Q4K => k_quants::dequantize_row_q4_k,
-        Q5K => k_quants::dequantize_row_q5_k,
-        Q6K => k_quants::dequantize_row_q6_k,
-        _ => unreachable!("{ty}"),
-    }
-}
-
-/// The scalar activation quantizer for each activation type.
-fn scalar_quant(act: GgmlType) -> Quant {
-    match act {
-        F16 => float::cpu_fp32_to_fp16,
-        Bf16 => float::fp32_to_bf16_row,
-        Q8_0 => legacy::quantize_row_q8_0,
-        Q8_1 => legacy::quantize_row_q8_1,
-        Q8K => k_quants::quantize_row_q8_k_ref,
-        _ => unreachable!("{act}"),
-    }
 }
 
 const WEIGHT_TYPES: [GgmlType; 13] = [
@@ -207,7 +172,7 @@ fn dequantize_row_matches_scalar_models() {
                 let src = random_row(&mut rng, ty, n);
                 let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
                 dequantize_row(ty, &src, &mut got).unwrap();
-                scalar_dequant(ty)(&src, &mut want);
+                dequantize_row_scalar(ty, &src, &mut want).unwrap();
                 assert_same_f32(&got, &want, &format!("{ty} n={n}"), seed);
             }
         }
@@ -226,7 +191,7 @@ fn quantize_activation_matches_scalar_models() {
             for (r, x) in rows.iter().enumerate() {
                 let (mut got, mut want) = (bytes_for(act, n), bytes_for(act, n));
                 quantize_activation(w, x, &mut got).unwrap();
-                scalar_quant(act)(x, &mut want);
+                quantize_activation_scalar(w, x, &mut want).unwrap();
                 assert_eq!(got, want, "seed {seed}: {act} n={n} row {r}");
                 if w == Q4K {
                     quantize_activation_for(DotKernel::Gemm, w, x, &mut got).unwrap();

@@ -66,11 +66,37 @@ impl Visible<'_> {
     }
 }
 
-struct HeadCtx<'a> {
-    k_cache: &'a [f16],
-    v_cache: &'a [f16],
+/// One layer's K and V rows, one per cache slot.
+#[derive(Clone, Copy)]
+struct LayerKv<'a> {
+    k: &'a [f16],
+    v: &'a [f16],
     k_dim: usize,
     v_dim: usize,
+}
+
+impl<'a> LayerKv<'a> {
+    fn of(cache: &'a CpuKvCache, layer: usize) -> Self {
+        LayerKv {
+            k: &cache.k[layer],
+            v: &cache.v[layer],
+            k_dim: cache.k_dim,
+            v_dim: cache.v_dim,
+        }
+    }
+
+    fn head(self, kv_head: usize, p: &'a AttnParams) -> HeadCtx<'a> {
+        HeadCtx {
+            kv: self,
+            kv_head,
+            p,
+        }
+    }
+}
+
+/// One KV head of one layer.
+struct HeadCtx<'a> {
+    kv: LayerKv<'a>,
     kv_head: usize,
     p: &'a AttnParams,
 }
@@ -78,12 +104,59 @@ struct HeadCtx<'a> {
 impl HeadCtx<'_> {
     fn key(&self, slot: u32) -> &[f16] {
         let dk = self.p.head_dim_k;
-        &self.k_cache[slot as usize * self.k_dim + self.kv_head * dk..][..dk]
+        &self.kv.k[slot as usize * self.kv.k_dim + self.kv_head * dk..][..dk]
     }
 
     fn value(&self, slot: u32) -> &[f16] {
         let dv = self.p.head_dim_v;
-        &self.v_cache[slot as usize * self.v_dim + self.kv_head * dv..][..dv]
+        &self.kv.v[slot as usize * self.kv.v_dim + self.kv_head * dv..][..dv]
+    }
+
+    /// One query's step of ggml's tiled path over the keys at positions
+    /// `first..end` of the tile starting at `start`, whose keys `kt` holds
+    /// transposed: Q·K as a sequential FMA chain per key, the tile's
+    /// softmax with ggml's vector expf summed 8 lanes at a time into f64,
+    /// then V accumulated by FMA key after key into `acc`, with the
+    /// running max `m` and sum `s`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_step(
+        &self,
+        slots: &[u32],
+        qh: &[f32],
+        kt: &[f32],
+        start: usize,
+        keys: Range<usize>,
+        acc: &mut [f32],
+        m: &mut f32,
+        s: &mut f32,
+    ) {
+        let mut probs = [0f32; TILE_KV];
+        tile_scores(kt, qh, &mut probs);
+        // Masked keys keep -inf and weigh exactly zero.
+        for (j, pr) in probs.iter_mut().enumerate() {
+            *pr = if keys.contains(&(start + j)) {
+                *pr * self.p.kq_scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        let tile_max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m_new = m.max(tile_max);
+        if m_new > *m {
+            let ms = (*m - m_new).exp();
+            acc.iter_mut().for_each(|a| *a *= ms);
+            *s *= ms;
+        }
+        *m = m_new;
+        exp_shifted(&mut probs, m_new);
+        let tile_sum: f64 = probs
+            .chunks_exact(8)
+            .map(|g| (((g[4] + g[0]) + (g[6] + g[2])) + ((g[5] + g[1]) + (g[7] + g[3]))) as f64)
+            .sum();
+        *s = (*s as f64 + tile_sum) as f32;
+        for j in keys {
+            mad_f32_f16(acc, self.value(slots[j]), probs[j - start]);
+        }
     }
 
     /// ggml's one-key-at-a-time path over the keys at positions `keys`:
@@ -162,16 +235,14 @@ impl HeadCtx<'_> {
     }
 }
 
-/// ggml's tiled path for `out.len() / out_cols` consecutive query rows of
-/// one sequence starting at `r0`, all heads: f32 throughout, 64 keys per
-/// tile aligned to absolute positions. Q·K is a sequential FMA chain per
-/// key; each tile's softmax uses ggml's vector expf summed 8 lanes at a
-/// time into f64; V is accumulated by FMA key after key. Each key tile is
+/// ggml's tiled path (see [`HeadCtx::tile_step`]) for `out.len() /
+/// out_cols` consecutive query rows of one sequence starting at `r0`, all
+/// heads; 64 keys per tile aligned to absolute positions. Each key tile is
 /// converted to f32 once for all the rows and heads that share it.
 #[allow(clippy::too_many_arguments)]
 fn attend_tiled(
     q: &CpuTensor,
-    cache: (&[f16], &[f16], usize, usize),
+    kv: LayerKv<'_>,
     seq: &SeqRows<'_>,
     positions: &[u32],
     p: &AttnParams,
@@ -179,7 +250,6 @@ fn attend_tiled(
     out: &mut [f32],
     out_cols: usize,
 ) {
-    let (k_cache, v_cache, k_dim, v_dim) = cache;
     let (dk, dv) = (p.head_dim_k, p.head_dim_v);
     let group = p.n_head / p.n_head_kv;
     let n_rows = out.len() / out_cols;
@@ -194,12 +264,10 @@ fn attend_tiled(
     let lo = vis.iter().map(|v| v.lo).min().unwrap_or(0);
     let hi = vis.iter().map(|v| v.pos).max().unwrap_or(0);
     for kv_head in 0..p.n_head_kv {
-        let mut start = lo / TILE_KV * TILE_KV;
-        while start <= hi {
+        let ctx = kv.head(kv_head, p);
+        for start in (lo / TILE_KV * TILE_KV..=hi).step_by(TILE_KV) {
             for j in start.max(lo)..(start + TILE_KV).min(hi + 1) {
-                let slot = seq.slots[j] as usize;
-                let key = &k_cache[slot * k_dim + kv_head * dk..][..dk];
-                for (d, k) in key.iter().enumerate() {
+                for (d, k) in ctx.key(seq.slots[j]).iter().enumerate() {
                     kt[d * TILE_KV + j - start] = k.to_f32();
                 }
             }
@@ -208,47 +276,23 @@ fn attend_tiled(
                 if start > vis.pos || start < vis.lo / TILE_KV * TILE_KV {
                     continue;
                 }
-                let first = start.max(vis.lo);
-                let end = (start + TILE_KV).min(vis.pos + 1);
+                let keys = start.max(vis.lo)..(start + TILE_KV).min(vis.pos + 1);
                 for h in kv_head * group..(kv_head + 1) * group {
                     let qh = &q.data[(r0 + i) * q.cols + h * dk..][..dk];
-                    let mut probs = [0f32; TILE_KV];
-                    tile_scores(&kt, qh, &mut probs);
-                    // Masked keys keep -inf and weigh exactly zero.
-                    for (j, pr) in probs.iter_mut().enumerate() {
-                        *pr = if (first..end).contains(&(start + j)) {
-                            *pr * p.kq_scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                    }
-                    let state = i * p.n_head + h;
                     let acc = &mut out[i * out_cols + h * dv..][..dv];
-                    let tile_max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let m_new = m[state].max(tile_max);
-                    if m_new > m[state] {
-                        let ms = (m[state] - m_new).exp();
-                        acc.iter_mut().for_each(|a| *a *= ms);
-                        s[state] *= ms;
-                    }
-                    m[state] = m_new;
-                    exp_shifted(&mut probs, m_new);
-                    let tile_sum: f64 = probs
-                        .chunks_exact(8)
-                        .map(|g| {
-                            (((g[4] + g[0]) + (g[6] + g[2])) + ((g[5] + g[1]) + (g[7] + g[3])))
-                                as f64
-                        })
-                        .sum();
-                    s[state] = (s[state] as f64 + tile_sum) as f32;
-                    for j in first..end {
-                        let slot = seq.slots[j] as usize;
-                        let value = &v_cache[slot * v_dim + kv_head * dv..][..dv];
-                        mad_f32_f16(acc, value, probs[j - start]);
-                    }
+                    let st = i * p.n_head + h;
+                    ctx.tile_step(
+                        seq.slots,
+                        qh,
+                        &kt,
+                        start,
+                        keys.clone(),
+                        acc,
+                        &mut m[st],
+                        &mut s[st],
+                    );
                 }
             }
-            start += TILE_KV;
         }
     }
     for (i, row) in out.chunks_exact_mut(out_cols).enumerate() {
@@ -276,9 +320,8 @@ pub fn attention(
     store_kv(k, v, cache, layer, positions, seqs);
     out.rows = q.rows;
     let group = p.n_head / p.n_head_kv;
-    let (k_cache, v_cache) = (&cache.k[layer][..], &cache.v[layer][..]);
-    let (k_dim, v_dim) = (cache.k_dim, cache.v_dim);
-    let n_slots = k_cache.len() / k_dim;
+    let kv = LayerKv::of(cache, layer);
+    let n_slots = kv.k.len() / kv.k_dim;
     let q_cols = q.cols;
     for seq in seqs {
         let rows = seq.rows.clone();
@@ -287,24 +330,16 @@ pub fn attention(
         // depend on what else shares the batch.
         let out_rows = &mut out.data[rows.start * out.cols..rows.end * out.cols];
         if rows.len() >= TILE_Q {
-            let cache = (k_cache, v_cache, k_dim, v_dim);
             let cols = out.cols;
             pool.for_each_chunk(out_rows, BLOCK_ROWS * cols, |b, o| {
                 let r0 = rows.start + b * BLOCK_ROWS;
-                attend_tiled(q, cache, seq, positions, p, r0, o, cols);
+                attend_tiled(q, kv, seq, positions, p, r0, o, cols);
             });
             continue;
         }
         pool.for_each_chunk(out_rows, p.head_dim_v, |i, o| {
             let (r, h) = (rows.start + i / p.n_head, i % p.n_head);
-            let ctx = HeadCtx {
-                k_cache,
-                v_cache,
-                k_dim,
-                v_dim,
-                kv_head: h / group,
-                p,
-            };
+            let ctx = kv.head(h / group, p);
             let qh = &q.data[r * q_cols + h * p.head_dim_k..][..p.head_dim_k];
             let vis = Visible::new(seq.slots, positions[r], p.window);
             let n_kv = (positions[r] as usize + 1)

@@ -21,11 +21,12 @@
 use quarrel_quant::GgmlType;
 
 use super::x86;
-use crate::pool::Pool;
+use crate::pool::{ColumnSplit, Pool};
 use crate::tensor::{CpuTensor, CpuWeight};
 
-/// The fewest tokens for which unpacking every weight once to f32 beats
-/// the integer dot kernels (measured: see BENCHMARKS.md).
+/// The fewest tokens for which the tiled matmul runs: unpacking every
+/// weight to f32 once per batch pays off from between 32 and 64 tokens on
+/// the real models here (see BENCHMARKS.md).
 pub const GEMM_MIN_TOKENS: usize = 32;
 /// Weight rows per panel: two 8-lane vectors.
 const NR: usize = 16;
@@ -35,27 +36,6 @@ const MR: usize = 6;
 const KC: usize = 256;
 /// Panels per task: enough work to amortise a task, small enough to balance.
 const PANELS_PER_TASK: usize = 2;
-
-/// Raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (their own
-// panels' rows), and the caller's &mut borrow outlives every task.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; the pointer itself is never mutated.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` floats in (a method, so that closures capture
-    /// the Send wrapper rather than its raw pointer field).
-    ///
-    /// # Safety
-    /// `offset` must be within the output.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.add(offset) }
-    }
-}
 
 /// Whether [`matmul`] serves `tokens` rows of activations on this CPU.
 pub fn applies(tokens: usize) -> bool {
@@ -119,7 +99,7 @@ pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
     let n = xq.len() / ka;
     out.rows = n;
     let ldc = out.cols;
-    let c = OutPtr(out.live_mut().as_mut_ptr());
+    let c = ColumnSplit::new(out.live_mut(), ldc);
     let panels = m.div_ceil(NR);
     pool.for_each(panels.div_ceil(PANELS_PER_TASK), |task| {
         let mut panel = [0f32; NR * KC];
@@ -134,10 +114,9 @@ pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
                 let kc = KC.min(if k0 < k { k } else { ka } - k0);
                 pack_panel(w, r0, rows, k0, kc, &mut row, &mut panel);
                 for t0 in (0..n).step_by(MR) {
-                    // SAFETY: xq holds n rows of k; the panel holds kc
-                    // columns of NR; c points at n rows of ldc >= m
-                    // floats, and this task alone writes columns
-                    // r0..r0 + rows.
+                    // SAFETY: xq holds n rows of ka; the panel holds kc
+                    // columns of NR; the tile writes columns r0..r0 + rows
+                    // (this task's alone) of rows t0..t0 + MR.min(n - t0).
                     unsafe {
                         x86::gemm_tile(
                             MR.min(n - t0),
@@ -145,7 +124,7 @@ pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
                             xq.as_ptr().add(t0 * ka + k0),
                             ka,
                             panel.as_ptr(),
-                            c.at(t0 * ldc + r0),
+                            c.at(t0, r0),
                             ldc,
                             rows,
                             k0 > 0,

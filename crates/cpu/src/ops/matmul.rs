@@ -11,7 +11,7 @@
 //! K-quant matrices use ggml's tiled matmul for batches of eight or more
 //! tokens, which is why the kernel depends on the whole batch's size.
 
-use crate::pool::Pool;
+use crate::pool::{ColumnSplit, Pool};
 use crate::tensor::{CpuTensor, CpuWeight};
 use quarrel_quant::DotKernel;
 
@@ -22,8 +22,6 @@ const TASKS_PER_THREAD: usize = 4;
 
 pub struct MatmulScratch {
     act: Vec<u8>,
-    /// Output transposed (weight row major), when there are several tokens.
-    out_t: Vec<f32>,
     /// Activations rounded through the dot type, for the tiled matmul.
     xq: Vec<f32>,
 }
@@ -32,7 +30,6 @@ impl MatmulScratch {
     pub fn new() -> Self {
         MatmulScratch {
             act: Vec::new(),
-            out_t: Vec::new(),
             xq: Vec::new(),
         }
     }
@@ -71,36 +68,27 @@ pub fn matmul(
     });
     let act = &scratch.act;
     let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
-    let dot_rows = |r0: usize, dst: &mut [f32]| {
-        // dst holds, for weight rows r0.., the value for every token.
-        for (i, chunk) in dst.chunks_mut(n).enumerate() {
-            let wr = w.row(r0 + i);
+    let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
+    let out = ColumnSplit::new(out.live_mut(), m);
+    pool.for_each(m.div_ceil(rows), |task| {
+        for r in task * rows..((task + 1) * rows).min(m) {
+            let wr = w.row(r);
             let mut t = 0;
             // Four tokens at a time where they share a kernel.
             while t + 4 <= n && kernel(t) == kernel(t + 3) {
                 let a = [token(t), token(t + 1), token(t + 2), token(t + 3)];
                 let o = quarrel_quant::dot_multi(kernel(t), w.ty, k, wr, a);
-                chunk[t..t + 4].copy_from_slice(&o);
+                for (i, v) in o.into_iter().enumerate() {
+                    // SAFETY: weight row r, output column r, is this task's.
+                    unsafe { out.set(t + i, r, v) };
+                }
                 t += 4;
             }
-            for (t, o) in chunk.iter_mut().enumerate().skip(t) {
-                *o = quarrel_quant::dot(kernel(t), w.ty, k, wr, token(t));
+            for t in t..n {
+                let v = quarrel_quant::dot(kernel(t), w.ty, k, wr, token(t));
+                // SAFETY: as above.
+                unsafe { out.set(t, r, v) };
             }
-        }
-    };
-    let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
-    if n == 1 {
-        pool.for_each_chunk(out.live_mut(), rows, |i, dst| dot_rows(i * rows, dst));
-        return;
-    }
-    scratch.out_t.resize(m * n, 0.0);
-    pool.for_each_chunk(&mut scratch.out_t, rows * n, |i, dst| {
-        dot_rows(i * rows, dst)
-    });
-    let out_t = &scratch.out_t;
-    pool.for_each_chunk(out.live_mut(), m, |t, row| {
-        for (r, o) in row.iter_mut().enumerate() {
-            *o = out_t[r * n + t];
         }
     });
 }

@@ -7,12 +7,10 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-/// Whether this CPU runs the functions below (cached by std).
+/// Whether the functions below run: they need the AVX2, FMA and F16C
+/// that quarrel-quant's kernels need, and follow its `QUARREL_SIMD`.
 pub fn available() -> bool {
-    quarrel_quant::simd_allowed()
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    quarrel_quant::simd_enabled()
 }
 
 #[inline(always)]
@@ -306,6 +304,7 @@ pub unsafe fn tile_scores(kt: &[f32], q: &[f32], scores: &mut [f32; 64]) {
 /// See ggml_math::exp_shifted.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_shifted(p: &mut [f32], m: f32) {
+    assert!(p.len().is_multiple_of(8), "whole groups of 8");
     let mv = _mm256_set1_ps(m);
     for c in p.chunks_exact_mut(8) {
         // SAFETY: c holds 8 floats; expf8 needs the enabled features.

@@ -25,6 +25,19 @@ fn level(iscale: f32, x: f32, nmax: i32) -> i32 {
     nearest_int(iscale * x).clamp(-nmax, nmax - 1)
 }
 
+/// The weighted least-squares sums Σ w·x·l and Σ w·l² (weights x²) of `x`
+/// quantized with `iscale`, in ggml's order.
+fn fit_sums(iscale: f32, x: &[f32], nmax: i32) -> (f32, f32) {
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for &v in x {
+        let l = level(iscale, v, nmax) as f32;
+        let w = v * v;
+        sumlx += w * v * l;
+        suml2 += w * l * l;
+    }
+    (sumlx, suml2)
+}
+
 /// ggml's `make_qx_quants` as Q6_K calls it (`rmse_type` 1, no importance
 /// weights): symmetric levels `L = l + nmax`, weights x^2, and a search over
 /// 18 nearby inverse scales for the best least-squares fit. Returns the scale.
@@ -36,25 +49,15 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     }
     let nmaxf = nmax as f32;
     let iscale = -nmaxf / max;
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (q, &v) in levels.iter_mut().zip(x) {
-        let l = level(iscale, v, nmax);
-        *q = (l + nmax) as i8;
-        let w = v * v;
-        sumlx += w * v * l as f32;
-        suml2 += w * l as f32 * l as f32;
+        *q = (level(iscale, v, nmax) + nmax) as i8;
     }
+    let (sumlx, suml2) = fit_sums(iscale, x, nmax);
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
     for is in (-9..=9).filter(|&is| is != 0) {
         let iscale = -(nmaxf + 0.1 * is as f32) / max;
-        let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
-            let l = level(iscale, v, nmax) as f32;
-            let w = v * v;
-            sumlx += w * v * l;
-            suml2 += w * l * l;
-        }
+        let (sumlx, suml2) = fit_sums(iscale, x, nmax);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for (q, &v) in levels.iter_mut().zip(x) {
                 *q = (level(iscale, v, nmax) + nmax) as i8;
@@ -76,14 +79,10 @@ pub(super) fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
         return 0.0;
     }
     let iscale = -(nmax as f32) / max;
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (q, &v) in levels.iter_mut().zip(x) {
-        let l = level(iscale, v, nmax);
-        *q = l as i8;
-        let w = v * v;
-        sumlx += w * v * l as f32;
-        suml2 += w * l as f32 * l as f32;
+        *q = level(iscale, v, nmax) as i8;
     }
+    let (mut sumlx, mut suml2) = fit_sums(iscale, x, nmax);
     for _ in 0..5 {
         let mut changed = false;
         for (q, &v) in levels.iter_mut().zip(x) {

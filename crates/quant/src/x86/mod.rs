@@ -32,7 +32,7 @@ pub(crate) fn available() -> bool {
         NO => false,
         YES => true,
         _ => {
-            let yes = crate::simd_allowed()
+            let yes = std::env::var("QUARREL_SIMD").map_or(true, |v| v != "off")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
