@@ -5,6 +5,7 @@ mod ops;
 mod pool;
 mod tensor;
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use quarrel_gguf::{GgufFile, TensorInfo};
@@ -109,10 +110,10 @@ impl Backend for CpuBackend {
         ops::norm::rms_norm_inplace(&self.pool, x.live_mut(), &w.vector, eps);
     }
 
-    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) {
+    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, groups: &[Range<usize>]) {
         let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
         let scratch: &mut MatmulScratch = &mut guard;
-        ops::matmul::matmul(&self.pool, x, w, out, scratch);
+        ops::matmul::matmul(&self.pool, x, w, out, groups, scratch);
     }
 
     fn add_bias(&self, x: &mut CpuTensor, b: &CpuWeight) {

@@ -80,7 +80,17 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32, out: &mut Self::Tensor);
     fn rms_norm_inplace(&self, x: &mut Self::Tensor, w: &Self::Weight, eps: f32);
     /// out = x · wᵀ, w of shape [out cols][x cols] in its block layout.
-    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor);
+    /// `groups` splits the rows of `x` into contiguous runs, one per
+    /// sequence, in order. A backend that picks kernels by the number of
+    /// rows (as ggml does) picks them per group, so that what a sequence
+    /// computes does not depend on what it is batched with.
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        out: &mut Self::Tensor,
+        groups: &[Range<usize>],
+    );
     fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);
     /// dst = src[:, start .. start + dst.cols] (splits fused projections).
     fn copy_cols(&self, src: &Self::Tensor, start: usize, dst: &mut Self::Tensor);

@@ -5,6 +5,8 @@
 //! FFN (+post-norm), residual → final norm → logits. Every intermediate is
 //! named so that `--dump-activations` can write it for layer-by-layer diffs.
 
+use std::ops::Range;
+
 use quarrel_gguf::GgufFile;
 
 use crate::backend::{AttnParams, Backend, RopeParams, SeqRows};
@@ -17,6 +19,7 @@ use crate::ModelError;
 pub struct Batch<'a> {
     pub tokens: &'a [u32],
     pub positions: &'a [u32],
+    /// In row order, covering every row once.
     pub seqs: &'a [SeqRows<'a>],
     /// Rows whose logits are wanted, in the order they are returned.
     pub outputs: &'a [usize],
@@ -31,6 +34,9 @@ pub trait ActivationSink {
 pub struct Scratch<B: Backend> {
     max_rows: usize,
     max_outputs: usize,
+    /// Rows of each sequence, and its output rows (see [`Backend::matmul`]).
+    groups: Vec<Range<usize>>,
+    out_groups: Vec<Range<usize>>,
     x: B::Tensor,
     xn: B::Tensor,
     q: B::Tensor,
@@ -73,6 +79,8 @@ impl<B: Backend> Model<B> {
         Scratch {
             max_rows,
             max_outputs,
+            groups: Vec::with_capacity(max_rows),
+            out_groups: Vec::with_capacity(max_outputs),
             x: t(c.n_embd),
             xn: t(c.n_embd),
             q: t(c.q_dim()),
@@ -120,6 +128,7 @@ impl<B: Backend> Model<B> {
                 s.max_outputs
             )));
         }
+        group_rows(batch, &mut s.groups, &mut s.out_groups)?;
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         for t in [
             &mut s.x,
@@ -204,7 +213,7 @@ impl<B: Backend> Model<B> {
             );
             dump("attn_out", l, &s.attn);
 
-            b.matmul(&s.attn, &layer.wo, &mut s.proj);
+            b.matmul(&s.attn, &layer.wo, &mut s.proj, &s.groups);
             if let Some(bias) = &layer.wo_bias {
                 b.add_bias(&mut s.proj, bias);
             }
@@ -220,20 +229,20 @@ impl<B: Backend> Model<B> {
             match &layer.gate_up {
                 GateUpWeights::Split { gate, up } => {
                     let up_t = s.up.as_mut().expect("scratch matches the weights");
-                    b.matmul(&s.xn, gate, &mut s.gate);
-                    b.matmul(&s.xn, up, up_t);
+                    b.matmul(&s.xn, gate, &mut s.gate, &s.groups);
+                    b.matmul(&s.xn, up, up_t, &s.groups);
                     dump("ffn_gate", l, &s.gate);
                     dump("ffn_up", l, up_t);
                     b.glu(&s.gate, Some(up_t), c.activation, &mut s.act);
                 }
                 GateUpWeights::Fused(gate_up) => {
-                    b.matmul(&s.xn, gate_up, &mut s.gate);
+                    b.matmul(&s.xn, gate_up, &mut s.gate, &s.groups);
                     dump("ffn_gate_up", l, &s.gate);
                     b.glu(&s.gate, None, c.activation, &mut s.act);
                 }
             }
             dump("ffn_act", l, &s.act);
-            b.matmul(&s.act, &layer.down, &mut s.ffn_out);
+            b.matmul(&s.act, &layer.down, &mut s.ffn_out, &s.groups);
             if let Some(pn) = &layer.post_ffn_norm {
                 b.rms_norm_inplace(&mut s.ffn_out, pn, c.norm_eps);
             }
@@ -254,6 +263,7 @@ impl<B: Backend> Model<B> {
             &s.out_x,
             w.output.as_ref().unwrap_or(&w.tok_embd),
             &mut s.logits,
+            &s.out_groups,
         );
         if c.final_logit_softcap > 0.0 {
             b.softcap(&mut s.logits, c.final_logit_softcap);
@@ -278,7 +288,7 @@ impl<B: Backend> Model<B> {
                     (k, k_bias, &mut s.k),
                     (v, v_bias, &mut s.v),
                 ] {
-                    b.matmul(&s.xn, wt, out);
+                    b.matmul(&s.xn, wt, out, &s.groups);
                     if let Some(bias) = bias {
                         b.add_bias(out, bias);
                     }
@@ -286,7 +296,7 @@ impl<B: Backend> Model<B> {
             }
             QkvWeights::Fused(wt) => {
                 let qkv = s.qkv.as_mut().expect("scratch matches the weights");
-                b.matmul(&s.xn, wt, qkv);
+                b.matmul(&s.xn, wt, qkv, &s.groups);
                 let (qd, kd) = (self.config.q_dim(), self.config.k_dim());
                 b.copy_cols(qkv, 0, &mut s.q);
                 b.copy_cols(qkv, qd, &mut s.k);
@@ -299,4 +309,48 @@ impl<B: Backend> Model<B> {
     pub fn read_logits(&self, s: &Scratch<B>, dst: &mut [f32]) {
         self.backend.read(&s.logits, dst);
     }
+}
+
+/// The batch's rows per sequence, and its output rows per sequence (runs
+/// of consecutive outputs that fall in one sequence's rows).
+fn group_rows(
+    batch: &Batch<'_>,
+    groups: &mut Vec<Range<usize>>,
+    out_groups: &mut Vec<Range<usize>>,
+) -> Result<(), ModelError> {
+    groups.clear();
+    out_groups.clear();
+    let mut next = 0;
+    for seq in batch.seqs {
+        if seq.rows.start != next || seq.rows.is_empty() {
+            return Err(ModelError::Batch(format!(
+                "sequence rows {:?} do not follow row {next}",
+                seq.rows
+            )));
+        }
+        next = seq.rows.end;
+        groups.push(seq.rows.clone());
+    }
+    if next != batch.tokens.len() {
+        return Err(ModelError::Batch(format!(
+            "sequences cover {next} of {} rows",
+            batch.tokens.len()
+        )));
+    }
+    let mut seq = 0;
+    let mut prev: Option<(usize, usize)> = None; // (row, sequence)
+    for (i, &row) in batch.outputs.iter().enumerate() {
+        if prev.is_some_and(|(r, _)| r >= row) {
+            return Err(ModelError::Batch("output rows must ascend".into()));
+        }
+        while groups[seq].end <= row {
+            seq += 1;
+        }
+        match out_groups.last_mut() {
+            Some(g) if prev.is_some_and(|(_, s)| s == seq) => g.end = i + 1,
+            _ => out_groups.push(i..i + 1),
+        }
+        prev = Some((row, seq));
+    }
+    Ok(())
 }

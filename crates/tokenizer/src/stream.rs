@@ -1,5 +1,7 @@
 //! Incremental detokenization for streaming output.
 
+use std::ops::Deref;
+
 use crate::Tokenizer;
 
 /// Turns generated tokens into text as it becomes complete.
@@ -8,13 +10,15 @@ use crate::Tokenizer;
 /// byte-level tokens split emoji and CJK characters); those bytes are held
 /// until the character completes. Pieces are concatenated as llama.cpp's
 /// streaming output does, without [`Tokenizer::decode`]'s clean-ups.
-pub struct StreamDecoder<'a> {
-    tokenizer: &'a Tokenizer,
+/// `T` is `&Tokenizer`, or an owning pointer for decoders that live apart
+/// from the tokenizer (the server's sequences).
+pub struct StreamDecoder<T: Deref<Target = Tokenizer>> {
+    tokenizer: T,
     pending: Vec<u8>,
 }
 
-impl<'a> StreamDecoder<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+impl<T: Deref<Target = Tokenizer>> StreamDecoder<T> {
+    pub fn new(tokenizer: T) -> Self {
         StreamDecoder {
             tokenizer,
             pending: Vec::new(),

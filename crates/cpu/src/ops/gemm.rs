@@ -22,7 +22,7 @@ use quarrel_quant::GgmlType;
 
 use super::x86;
 use crate::pool::{ColumnSplit, Pool};
-use crate::tensor::{CpuTensor, CpuWeight};
+use crate::tensor::CpuWeight;
 
 /// The fewest tokens for which the tiled matmul runs: unpacking every
 /// weight to f32 once per batch pays off from between 32 and 64 tokens on
@@ -92,14 +92,16 @@ pub fn round_activations(
     });
 }
 
-/// out (n × m) = xq (n × ka) · wᵀ, `xq` rounded by [`round_activations`].
-pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut CpuTensor) {
+/// out (n × m, row major) = xq (n × ka) · wᵀ, `xq` rounded by
+/// [`round_activations`]. Each output is one FMA chain over its row's
+/// columns in order, whatever n is.
+pub fn matmul(pool: &Pool, xq: &[f32], w: &CpuWeight, out: &mut [f32]) {
     let (k, m) = (w.cols, w.rows);
     let ka = rounded_len(w.ty, k);
     let n = xq.len() / ka;
-    out.rows = n;
-    let ldc = out.cols;
-    let c = ColumnSplit::new(out.live_mut(), ldc);
+    assert_eq!(out.len(), n * m, "tiled matmul output size");
+    let ldc = m;
+    let c = ColumnSplit::new(out, ldc);
     let panels = m.div_ceil(NR);
     pool.for_each(panels.div_ceil(PANELS_PER_TASK), |task| {
         let mut panel = [0f32; NR * KC];
@@ -215,9 +217,14 @@ mod tests {
             let (mut act, mut xq) = (Vec::new(), Vec::new());
             let pool = Pool::new(2);
             round_activations(&pool, ty, &x, k, &mut act, &mut xq);
-            let mut out = CpuTensor::new(n, m);
-            out.data.fill(f32::NAN);
+            let mut out = vec![f32::NAN; n * m];
             matmul(&pool, &xq, &w, &mut out);
+            // Batch invariance: any run of rows alone gives the same bits.
+            let (a, b) = (5, 12);
+            let mut part = vec![f32::NAN; (b - a) * m];
+            let ka = rounded_len(ty, k);
+            matmul(&pool, &xq[a * ka..b * ka], &w, &mut part);
+            assert_eq!(part, out[a * m..b * m], "{ty}: rows {a}..{b} alone");
             let act_row = act.len() / n;
             let mut wd = vec![0f32; k];
             for r in 0..m {
@@ -230,7 +237,7 @@ mod tests {
                         .zip(&x[t * k..][..k])
                         .map(|(&a, &b)| (a as f64 * b as f64).abs())
                         .sum();
-                    let got = out.data[t * m + r];
+                    let got = out[t * m + r];
                     assert!(
                         ((got - want) as f64).abs() <= 1e-5 * scale,
                         "{ty} row {r} token {t}: {got} vs {want} (scale {scale})"

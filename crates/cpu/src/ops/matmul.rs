@@ -11,6 +11,8 @@
 //! K-quant matrices use ggml's tiled matmul for batches of eight or more
 //! tokens, which is why the kernel depends on the whole batch's size.
 
+use std::ops::Range;
+
 use crate::pool::{ColumnSplit, Pool};
 use crate::tensor::{CpuTensor, CpuWeight};
 use quarrel_quant::DotKernel;
@@ -24,6 +26,8 @@ pub struct MatmulScratch {
     act: Vec<u8>,
     /// Activations rounded through the dot type, for the tiled matmul.
     xq: Vec<f32>,
+    /// The integer kernel of each row; None for rows the tiled matmul takes.
+    kernels: Vec<Option<DotKernel>>,
 }
 
 impl MatmulScratch {
@@ -31,30 +35,52 @@ impl MatmulScratch {
         MatmulScratch {
             act: Vec::new(),
             xq: Vec::new(),
+            kernels: Vec::new(),
         }
     }
 }
 
+/// out = x · wᵀ. Kernels are chosen per group of rows (one sequence's),
+/// as ggml would choose them for that group alone.
 pub fn matmul(
     pool: &Pool,
     x: &CpuTensor,
     w: &CpuWeight,
     out: &mut CpuTensor,
+    groups: &[Range<usize>],
     scratch: &mut MatmulScratch,
 ) {
     assert_eq!(x.cols, w.cols, "matmul inner dimensions");
     assert_eq!(out.cols, w.rows, "matmul output width");
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::applies(n) {
-        let (act, xq) = (&mut scratch.act, &mut scratch.xq);
-        super::gemm::round_activations(pool, w.ty, x.live(), k, act, xq);
-        super::gemm::matmul(pool, xq, w, out);
+    let path = quarrel_quant::matmul_path(w.ty, m);
+    scratch.kernels.clear();
+    for g in groups {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::applies(g.len()) {
+            let (act, xq) = (&mut scratch.act, &mut scratch.xq);
+            super::gemm::round_activations(
+                pool,
+                w.ty,
+                &x.live()[g.start * k..g.end * k],
+                k,
+                act,
+                xq,
+            );
+            super::gemm::matmul(pool, xq, w, &mut out.live_mut()[g.start * m..g.end * m]);
+            scratch.kernels.extend(g.clone().map(|_| None));
+            continue;
+        }
+        scratch
+            .kernels
+            .extend((0..g.len()).map(|t| Some(path.kernel(t, g.len()))));
+    }
+    assert_eq!(scratch.kernels.len(), n, "matmul groups cover the rows");
+    if scratch.kernels.iter().all(Option::is_none) {
         return;
     }
-    let path = quarrel_quant::matmul_path(w.ty, m);
-    let kernel = |t: usize| -> DotKernel { path.kernel(t, n) };
+    let kernels = &scratch.kernels;
     let dot_ty = quarrel_quant::vec_dot_type(w.ty);
     let act_row = dot_ty
         .row_bytes(k as u64)
@@ -63,8 +89,10 @@ pub fn matmul(
     scratch.act.resize(n * act_row, 0);
     let src = x.live();
     pool.for_each_chunk(&mut scratch.act, act_row, |t, dst| {
-        let src = &src[t * k..][..k];
-        quarrel_quant::quantize_activation_for(kernel(t), w.ty, src, dst).expect("sizes match");
+        if let Some(kernel) = kernels[t] {
+            let src = &src[t * k..][..k];
+            quarrel_quant::quantize_activation_for(kernel, w.ty, src, dst).expect("sizes match");
+        }
     });
     let act = &scratch.act;
     let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
@@ -74,20 +102,26 @@ pub fn matmul(
         for r in task * rows..((task + 1) * rows).min(m) {
             let wr = w.row(r);
             let mut t = 0;
-            // Four tokens at a time where they share a kernel.
-            while t + 4 <= n && kernel(t) == kernel(t + 3) {
-                let a = [token(t), token(t + 1), token(t + 2), token(t + 3)];
-                let o = quarrel_quant::dot_multi(kernel(t), w.ty, k, wr, a);
-                for (i, v) in o.into_iter().enumerate() {
-                    // SAFETY: weight row r, output column r, is this task's.
-                    unsafe { out.set(t + i, r, v) };
+            while t < n {
+                let Some(kernel) = kernels[t] else {
+                    t += 1;
+                    continue;
+                };
+                // Four tokens at a time where they share a kernel.
+                if t + 4 <= n && kernels[t + 1..t + 4].iter().all(|&k| k == Some(kernel)) {
+                    let a = [token(t), token(t + 1), token(t + 2), token(t + 3)];
+                    let o = quarrel_quant::dot_multi(kernel, w.ty, k, wr, a);
+                    for (i, v) in o.into_iter().enumerate() {
+                        // SAFETY: weight row r, output column r, is this task's.
+                        unsafe { out.set(t + i, r, v) };
+                    }
+                    t += 4;
+                } else {
+                    let v = quarrel_quant::dot(kernel, w.ty, k, wr, token(t));
+                    // SAFETY: as above.
+                    unsafe { out.set(t, r, v) };
+                    t += 1;
                 }
-                t += 4;
-            }
-            for t in t..n {
-                let v = quarrel_quant::dot(kernel(t), w.ty, k, wr, token(t));
-                // SAFETY: as above.
-                unsafe { out.set(t, r, v) };
             }
         }
     });

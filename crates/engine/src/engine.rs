@@ -1,0 +1,550 @@
+//! The engine loop: continuous batching over the paged KV cache.
+//!
+//! Every step makes one forward pass over the next token of each running
+//! sequence plus whole chunks of prompts (chunked prefill), up to a token
+//! budget. A prompt is cut into chunks of a fixed size counted from where
+//! its computation starts, so how a sequence is evaluated does not depend
+//! on what else is running; with the backend choosing kernels per sequence
+//! (see `Backend::matmul`), batched and lone requests give the same tokens.
+//! When a decode step finds no free block, the newest sequence is preempted:
+//! its blocks are released (full ones stay in the prefix cache) and it
+//! waits at the head of the queue to be recomputed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quarrel_model::sampler::log_softmax;
+use quarrel_model::{Backend, Batch, Model, ModelError, Sampler, Scratch, SeqRows};
+use quarrel_tokenizer::Tokenizer;
+
+use crate::kv_blocks::BlockPool;
+use crate::metrics::Metrics;
+use crate::request::{Event, Finish, FinishReason, Request, TokenLogprob};
+use crate::sequence::Sequence;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Positions per sequence, prompt and generation together.
+    pub n_ctx: usize,
+    pub kv_blocks: usize,
+    pub block_size: usize,
+    /// Sequences evaluated together at most.
+    pub max_seqs: usize,
+    /// Rows of one forward pass at most (at least `prefill_chunk` and `max_seqs`).
+    pub max_batch_tokens: usize,
+    pub prefill_chunk: usize,
+    /// Requests accepted but not yet started, at most.
+    pub max_queue: usize,
+}
+
+impl EngineConfig {
+    /// Positions one sequence can reach: its context, or the whole cache.
+    pub fn max_positions(&self) -> usize {
+        self.n_ctx.min(self.kv_blocks * self.block_size)
+    }
+}
+
+/// State shared between the engine thread and the handles.
+pub(crate) struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// Requests submitted and not yet started.
+    pub queued: AtomicUsize,
+    /// Finish every sequence now (shutdown past its grace period).
+    pub abort: AtomicBool,
+}
+
+/// One sequence's part of a step.
+#[derive(Clone, Copy)]
+struct Planned {
+    /// Index into `running`.
+    seq: usize,
+    rows: usize,
+    /// Runs replayed (see [`Sequence::next_rows`]).
+    runs: usize,
+}
+
+pub(crate) enum Command {
+    Submit(Request),
+}
+
+pub(crate) struct Engine<B: Backend> {
+    model: Model<B>,
+    tokenizer: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    cache: B::KvCache,
+    scratch: Scratch<B>,
+    blocks: BlockPool,
+    waiting: VecDeque<Sequence>,
+    /// Oldest first.
+    running: Vec<Sequence>,
+    shared: Arc<Shared>,
+    next_id: u64,
+    /// This step, in row order.
+    plan: Vec<Planned>,
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    outputs: Vec<usize>,
+    logits: Vec<f32>,
+    logprobs: Vec<f64>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn new(
+        model: Model<B>,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let cache = model.new_kv_cache(cfg.kv_blocks * cfg.block_size);
+        let scratch = model.new_scratch(cfg.max_batch_tokens, cfg.max_seqs);
+        let blocks = BlockPool::new(cfg.kv_blocks, cfg.block_size);
+        let n_vocab = model.config.n_vocab;
+        let engine = Engine {
+            model,
+            tokenizer,
+            cache,
+            scratch,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::with_capacity(cfg.max_seqs),
+            shared,
+            next_id: 0,
+            plan: Vec::with_capacity(cfg.max_seqs),
+            tokens: Vec::with_capacity(cfg.max_batch_tokens),
+            positions: Vec::with_capacity(cfg.max_batch_tokens),
+            outputs: Vec::with_capacity(cfg.max_seqs),
+            logits: Vec::with_capacity(cfg.max_seqs * n_vocab),
+            logprobs: Vec::with_capacity(n_vocab),
+            cfg,
+        };
+        engine.publish();
+        engine
+    }
+
+    /// Runs until every handle is gone and every sequence has finished.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        let mut open = true;
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(cmd) => self.accept(cmd),
+                    Err(_) => return,
+                }
+            }
+            while open {
+                match rx.try_recv() {
+                    Ok(cmd) => self.accept(cmd),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if let Err(e) = self.step() {
+                // A bug, not bad input: requests are validated on submission.
+                eprintln!("engine: forward pass failed: {e}");
+                for mut seq in self.take_all() {
+                    let _ = seq.events.send(Event::Failed(e.to_string()));
+                    self.release_blocks(&mut seq);
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn accept(&mut self, cmd: Command) {
+        let Command::Submit(req) = cmd;
+        let n_vocab = self.model.config.n_vocab;
+        let mut sampler = Sampler::new(req.params.sampler.clone(), n_vocab);
+        for &t in &req.prompt {
+            sampler.accept(t);
+        }
+        self.next_id += 1;
+        let seq = Sequence::new(
+            self.next_id,
+            req.prompt,
+            req.params,
+            sampler,
+            req.events,
+            self.tokenizer.clone(),
+        );
+        self.waiting.push_back(seq);
+    }
+
+    /// One scheduling decision and one forward pass.
+    fn step(&mut self) -> Result<(), ModelError> {
+        self.drop_cancelled();
+        if self.shared.abort.load(Relaxed) {
+            self.abort_all();
+            return Ok(());
+        }
+        self.schedule();
+        if self.plan.is_empty() {
+            // Prompts stuck mid-way, each waiting for blocks another holds:
+            // the newest gives way.
+            if let Some(newest) = self.running.len().checked_sub(1) {
+                self.preempt(newest);
+            }
+            return Ok(());
+        }
+        self.forward()?;
+        self.sample();
+        Ok(())
+    }
+
+    fn drop_cancelled(&mut self) {
+        let blocks = &mut self.blocks;
+        let mut drop = |seq: &Sequence| {
+            if seq.is_cancelled() {
+                seq.blocks.iter().for_each(|&b| blocks.release(b));
+                return false;
+            }
+            true
+        };
+        self.running.retain(|s| drop(s));
+        self.waiting.retain(|s| {
+            let keep = drop(s);
+            if !keep && !s.admitted {
+                self.shared.queued.fetch_sub(1, Relaxed);
+            }
+            keep
+        });
+    }
+
+    /// Every sequence, running or waiting, out of the engine.
+    fn take_all(&mut self) -> Vec<Sequence> {
+        for seq in &self.waiting {
+            if !seq.admitted {
+                self.shared.queued.fetch_sub(1, Relaxed);
+            }
+        }
+        self.running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect()
+    }
+
+    fn abort_all(&mut self) {
+        for mut seq in self.take_all() {
+            self.finish(&mut seq, FinishReason::Cancelled);
+        }
+    }
+
+    /// Fills `plan`: decode rows first (oldest first, preempting the newest
+    /// when blocks run out), then prompt chunks (and replays) of running
+    /// sequences, then newly admitted ones, while the token budget lasts.
+    fn schedule(&mut self) {
+        self.plan.clear();
+        let mut budget = self.cfg.max_batch_tokens;
+        let chunk = self.cfg.prefill_chunk;
+        let is_decode =
+            |s: &Sequence| s.pending() == 1 && s.replay == s.runs.len() && s.n_computed > 0;
+        let mut i = 0;
+        while i < self.running.len() {
+            if is_decode(&self.running[i]) {
+                loop {
+                    if self.reserve(i, 1) {
+                        self.plan.push(Planned {
+                            seq: i,
+                            rows: 1,
+                            runs: 0,
+                        });
+                        budget -= 1;
+                        break;
+                    }
+                    let victim = self.running.len() - 1;
+                    self.preempt(victim);
+                    if victim == i {
+                        break;
+                    }
+                }
+            }
+            i += 1;
+        }
+        for i in 0..self.running.len() {
+            if is_decode(&self.running[i]) {
+                continue;
+            }
+            let (rows, runs) = self.running[i].next_rows(chunk);
+            if rows <= budget && self.reserve(i, rows) {
+                self.plan.push(Planned { seq: i, rows, runs });
+                budget -= rows;
+            }
+        }
+        while self.running.len() < self.cfg.max_seqs && budget > 0 {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            self.attach_cached_prefix(&mut seq);
+            seq.start_runs();
+            let (rows, runs) = seq.next_rows(chunk);
+            let pos = self.running.partition_point(|s| s.id < seq.id);
+            self.running.insert(pos, seq);
+            // Indices at or past `pos` moved up by one.
+            let shift = |plan: &mut Vec<Planned>, by: isize| {
+                for p in plan.iter_mut().filter(|p| p.seq >= pos) {
+                    p.seq = p.seq.wrapping_add_signed(by);
+                }
+            };
+            shift(&mut self.plan, 1);
+            if rows > budget || !self.reserve(pos, rows) {
+                let mut seq = self.running.remove(pos);
+                shift(&mut self.plan, -1);
+                self.release_blocks(&mut seq);
+                self.waiting.push_front(seq);
+                break;
+            }
+            let seq = &mut self.running[pos];
+            if !seq.admitted {
+                seq.admitted = true;
+                seq.cached_tokens = seq.n_computed.min(seq.prompt_len);
+                self.shared.queued.fetch_sub(1, Relaxed);
+                let m = &self.shared.metrics;
+                m.prompt_tokens.fetch_add(seq.prompt_len as u64, Relaxed);
+                m.cached_prompt_tokens
+                    .fetch_add(seq.cached_tokens as u64, Relaxed);
+            }
+            self.plan.push(Planned {
+                seq: pos,
+                rows,
+                runs,
+            });
+            budget -= rows;
+        }
+    }
+
+    /// Makes room in sequence `i`'s blocks for its next `n` positions.
+    fn reserve(&mut self, i: usize, n: usize) -> bool {
+        let bs = self.cfg.block_size;
+        let seq = &self.running[i];
+        let need = (seq.n_computed + n)
+            .div_ceil(bs)
+            .saturating_sub(seq.blocks.len());
+        if need > self.blocks.available() {
+            return false;
+        }
+        let seq = &mut self.running[i];
+        for _ in 0..need {
+            let b = self.blocks.allocate().expect("counted as available");
+            seq.blocks.push(b);
+            let first = b * bs as u32;
+            seq.slots.extend(first..first + bs as u32);
+        }
+        true
+    }
+
+    /// Attaches the cached blocks of the longest cached prefix of the
+    /// sequence's tokens (as much of it as [`Sequence::usable_prefix`]
+    /// allows), leaving at least one token to compute.
+    fn attach_cached_prefix(&mut self, seq: &mut Sequence) {
+        let bs = self.cfg.block_size;
+        debug_assert!(seq.blocks.is_empty() && seq.n_computed == 0);
+        let mut hashes = Vec::new();
+        for i in 0..(seq.tokens.len() - 1) / bs {
+            let parent = hashes.last().copied().unwrap_or(0);
+            let h = self.blocks.hash(parent, &seq.tokens[i * bs..(i + 1) * bs]);
+            if !self.blocks.is_cached(h) {
+                break;
+            }
+            hashes.push(h);
+        }
+        hashes.truncate(seq.usable_prefix(hashes.len() * bs, bs) / bs);
+        for h in hashes {
+            let b = self.blocks.lookup(h).expect("checked above");
+            seq.blocks.push(b);
+            let first = b * bs as u32;
+            seq.slots.extend(first..first + bs as u32);
+            seq.hashes.push(h);
+            seq.n_computed += bs;
+        }
+    }
+
+    fn release_blocks(&mut self, seq: &mut Sequence) {
+        for &b in &seq.blocks {
+            self.blocks.release(b);
+        }
+        seq.blocks.clear();
+        seq.slots.clear();
+        seq.hashes.clear();
+        seq.n_computed = 0;
+        seq.replay = 0;
+    }
+
+    /// Frees running sequence `i` and puts it first in the queue.
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        self.release_blocks(&mut seq);
+        self.waiting.push_front(seq);
+        self.shared.metrics.preemptions.fetch_add(1, Relaxed);
+    }
+
+    fn forward(&mut self) -> Result<(), ModelError> {
+        self.tokens.clear();
+        self.positions.clear();
+        self.outputs.clear();
+        let mut seqs = Vec::with_capacity(self.plan.len());
+        for p in &self.plan {
+            let seq = &self.running[p.seq];
+            let start = self.tokens.len();
+            let (from, n) = (seq.n_computed, p.rows);
+            self.tokens.extend_from_slice(&seq.tokens[from..from + n]);
+            self.positions.extend((from..from + n).map(|p| p as u32));
+            if from + n == seq.tokens.len() {
+                self.outputs.push(start + n - 1);
+            }
+            // A replay gives each of its runs its own entry: each is then
+            // computed as it was the first time.
+            let mut run_end = from;
+            let runs = seq.runs[seq.replay..seq.replay + p.runs].iter();
+            for len in runs.map(|&r| r as usize).chain((p.runs == 0).then_some(n)) {
+                let rows = start + run_end - from..start + run_end - from + len;
+                run_end += len;
+                seqs.push(SeqRows {
+                    rows,
+                    slots: &seq.slots[..run_end],
+                });
+            }
+        }
+        let batch = Batch {
+            tokens: &self.tokens,
+            positions: &self.positions,
+            seqs: &seqs,
+            outputs: &self.outputs,
+        };
+        self.model
+            .forward(&batch, &mut self.cache, &mut self.scratch, None)?;
+        let n_vocab = self.model.config.n_vocab;
+        self.logits.resize(self.outputs.len() * n_vocab, 0.0);
+        self.model.read_logits(&self.scratch, &mut self.logits);
+        Ok(())
+    }
+
+    /// Advances every planned sequence: registers its newly full blocks,
+    /// and samples the next token of those whose rows ended in an output.
+    fn sample(&mut self) {
+        let n_vocab = self.model.config.n_vocab;
+        let bs = self.cfg.block_size;
+        let limit = self.cfg.max_positions();
+        let mut out = 0;
+        let mut done = Vec::new();
+        for p in &self.plan {
+            let seq = &mut self.running[p.seq];
+            seq.advance(p.rows, p.runs);
+            while seq.hashes.len() < seq.n_computed / bs {
+                let k = seq.hashes.len();
+                let parent = seq.hashes.last().copied().unwrap_or(0);
+                let h = self.blocks.hash(parent, &seq.tokens[k * bs..(k + 1) * bs]);
+                self.blocks.register(seq.blocks[k], h);
+                seq.hashes.push(h);
+            }
+            if seq.n_computed < seq.tokens.len() {
+                continue;
+            }
+            let logits = &self.logits[out * n_vocab..(out + 1) * n_vocab];
+            out += 1;
+            let top = seq.params.logprobs.map(|k| {
+                log_softmax(logits, &mut self.logprobs);
+                top_logprobs(&self.logprobs, k)
+            });
+            let token = seq.sampler.sample(logits);
+            seq.sampler.accept(token);
+            seq.tokens.push(token);
+            let now = Instant::now();
+            let m = &self.shared.metrics;
+            m.generated_tokens.fetch_add(1, Relaxed);
+            match seq.last_token {
+                None => m.ttft.observe(now - seq.arrival),
+                Some(t) => m.itl.observe(now - t),
+            }
+            seq.last_token = Some(now);
+            let logprob = top.map(|top| TokenLogprob {
+                logprob: self.logprobs[token as usize] as f32,
+                top,
+            });
+            let eog = !seq.params.ignore_eos && self.tokenizer.is_eog(token);
+            let (text, stopped) = if eog {
+                (String::new(), false)
+            } else {
+                seq.push_text(token)
+            };
+            if !eog {
+                let _ = seq.events.send(Event::Token {
+                    id: token,
+                    text,
+                    logprob,
+                });
+            }
+            let reason = if eog || stopped {
+                Some(FinishReason::Stop)
+            } else if seq.generated() >= seq.params.max_tokens || seq.tokens.len() >= limit {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                done.push((seq.id, r));
+            }
+        }
+        for (id, reason) in done {
+            let i = self
+                .running
+                .iter()
+                .position(|s| s.id == id)
+                .expect("finished sequences are running");
+            let mut seq = self.running.remove(i);
+            self.finish(&mut seq, reason);
+        }
+    }
+
+    /// Sends what text is left and the final event; frees the blocks.
+    fn finish(&mut self, seq: &mut Sequence, reason: FinishReason) {
+        let rest = seq.flush_text();
+        if !rest.is_empty() {
+            let _ = seq.events.send(Event::Text(rest));
+        }
+        let _ = seq.events.send(Event::Done(Finish {
+            reason,
+            prompt_tokens: seq.prompt_len,
+            completion_tokens: seq.generated(),
+            cached_tokens: seq.cached_tokens,
+        }));
+        self.release_blocks(seq);
+    }
+
+    /// Updates the gauges.
+    fn publish(&self) {
+        let m = &self.shared.metrics;
+        m.running.store(self.running.len() as u64, Relaxed);
+        m.waiting.store(self.waiting.len() as u64, Relaxed);
+        let free = self.blocks.available();
+        m.kv_blocks_free.store(free as u64, Relaxed);
+        m.kv_blocks_used
+            .store((self.blocks.n_blocks() - free) as u64, Relaxed);
+        m.kv_blocks_cached
+            .store(self.blocks.cached_unused() as u64, Relaxed);
+    }
+}
+
+/// The `k` most likely tokens of `logprobs`, most likely first.
+fn top_logprobs(logprobs: &[f64], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logprobs.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
+    let by_prob = |a: &u32, b: &u32| {
+        logprobs[*b as usize]
+            .total_cmp(&logprobs[*a as usize])
+            .then(a.cmp(b))
+    };
+    idx.select_nth_unstable_by(k - 1, by_prob);
+    idx.truncate(k);
+    idx.sort_by(by_prob);
+    idx.into_iter()
+        .map(|t| (t, logprobs[t as usize] as f32))
+        .collect()
+}
