@@ -1,4 +1,4 @@
-//! `quarrel`: run, chat, tokenize, inspect and perplexity on GGUF models.
+//! `quarrel`: run, chat, serve, bench, tokenize, inspect and perplexity on GGUF models.
 
 mod commands;
 mod dump;
@@ -37,6 +37,8 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Measure prompt and generation throughput, as llama-bench does.
     Bench(commands::bench::BenchArgs),
+    /// Serve the OpenAI API over HTTP, with continuous batching.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Some(Command::Logits(a)) => commands::logits::run(a),
         Some(Command::Synth(a)) => commands::synth::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
+        Some(Command::Serve(a)) => commands::serve::run(a),
         // Bare `quarrel`: a short generation with the default model.
         None => commands::run::run(commands::run::RunArgs::demo()),
     };

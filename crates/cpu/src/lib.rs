@@ -5,11 +5,12 @@ mod ops;
 mod pool;
 mod tensor;
 
-use std::ops::Range;
 use std::sync::Mutex;
 
 use quarrel_gguf::{GgufFile, TensorInfo};
-use quarrel_model::{AttnParams, Backend, FfnActivation, ModelError, RopeParams, SeqRows};
+use quarrel_model::{
+    AttnParams, Backend, FfnActivation, ModelError, RopeParams, RowGroup, SeqRows,
+};
 
 pub use tensor::{CpuKvCache, CpuTensor, CpuWeight};
 
@@ -110,7 +111,7 @@ impl Backend for CpuBackend {
         ops::norm::rms_norm_inplace(&self.pool, x.live_mut(), &w.vector, eps);
     }
 
-    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, groups: &[Range<usize>]) {
+    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor, groups: &[RowGroup]) {
         let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
         let scratch: &mut MatmulScratch = &mut guard;
         ops::matmul::matmul(&self.pool, x, w, out, groups, scratch);

@@ -1,14 +1,15 @@
 //! The engine loop: continuous batching over the paged KV cache.
 //!
 //! Every step makes one forward pass over the next token of each running
-//! sequence plus whole chunks of prompts (chunked prefill), up to a token
-//! budget. A prompt is cut into chunks of a fixed size counted from where
-//! its computation starts, so how a sequence is evaluated does not depend
-//! on what else is running; with the backend choosing kernels per sequence
-//! (see `Backend::matmul`), batched and lone requests give the same tokens.
-//! When a decode step finds no free block, the newest sequence is preempted:
-//! its blocks are released (full ones stay in the prefix cache) and it
-//! waits at the head of the queue to be recomputed.
+//! sequence plus chunks of prompts (chunked prefill), up to a token budget.
+//! Rows are computed with per-row kernels (`Kernels::PromptRow` for prompt
+//! tokens, `Kernels::TokenRow` for generated ones), so a row's numbers do
+//! not depend on what shares its pass, on how its prompt was chunked, or
+//! on what the prefix cache supplied: batched and lone requests give the
+//! same tokens. When a decode step finds no free block, the newest sequence
+//! is preempted: its blocks are released (full ones stay in the prefix
+//! cache) and it waits at the head of the queue to be recomputed, which
+//! gives the same bits again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quarrel_model::sampler::log_softmax;
-use quarrel_model::{Backend, Batch, Model, ModelError, Sampler, Scratch, SeqRows};
+use quarrel_model::{Backend, Batch, Kernels, Model, ModelError, Sampler, Scratch, SeqRows};
 use quarrel_tokenizer::Tokenizer;
 
 use crate::kv_blocks::BlockPool;
@@ -62,8 +63,6 @@ struct Planned {
     /// Index into `running`.
     seq: usize,
     rows: usize,
-    /// Runs replayed (see [`Sequence::next_rows`]).
-    runs: usize,
 }
 
 pub(crate) enum Command {
@@ -241,18 +240,13 @@ impl<B: Backend> Engine<B> {
         self.plan.clear();
         let mut budget = self.cfg.max_batch_tokens;
         let chunk = self.cfg.prefill_chunk;
-        let is_decode =
-            |s: &Sequence| s.pending() == 1 && s.replay == s.runs.len() && s.n_computed > 0;
+        let is_decode = |s: &Sequence| s.pending() == 1 && s.n_computed > 0;
         let mut i = 0;
         while i < self.running.len() {
             if is_decode(&self.running[i]) {
                 loop {
                     if self.reserve(i, 1) {
-                        self.plan.push(Planned {
-                            seq: i,
-                            rows: 1,
-                            runs: 0,
-                        });
+                        self.plan.push(Planned { seq: i, rows: 1 });
                         budget -= 1;
                         break;
                     }
@@ -269,9 +263,9 @@ impl<B: Backend> Engine<B> {
             if is_decode(&self.running[i]) {
                 continue;
             }
-            let (rows, runs) = self.running[i].next_rows(chunk);
-            if rows <= budget && self.reserve(i, rows) {
-                self.plan.push(Planned { seq: i, rows, runs });
+            let rows = self.running[i].pending().min(chunk).min(budget);
+            if rows > 0 && self.reserve(i, rows) {
+                self.plan.push(Planned { seq: i, rows });
                 budget -= rows;
             }
         }
@@ -280,8 +274,7 @@ impl<B: Backend> Engine<B> {
                 break;
             };
             self.attach_cached_prefix(&mut seq);
-            seq.start_runs();
-            let (rows, runs) = seq.next_rows(chunk);
+            let rows = seq.pending().min(chunk).min(budget);
             let pos = self.running.partition_point(|s| s.id < seq.id);
             self.running.insert(pos, seq);
             // Indices at or past `pos` moved up by one.
@@ -291,7 +284,7 @@ impl<B: Backend> Engine<B> {
                 }
             };
             shift(&mut self.plan, 1);
-            if rows > budget || !self.reserve(pos, rows) {
+            if !self.reserve(pos, rows) {
                 let mut seq = self.running.remove(pos);
                 shift(&mut self.plan, -1);
                 self.release_blocks(&mut seq);
@@ -308,11 +301,7 @@ impl<B: Backend> Engine<B> {
                 m.cached_prompt_tokens
                     .fetch_add(seq.cached_tokens as u64, Relaxed);
             }
-            self.plan.push(Planned {
-                seq: pos,
-                rows,
-                runs,
-            });
+            self.plan.push(Planned { seq: pos, rows });
             budget -= rows;
         }
     }
@@ -338,23 +327,15 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Attaches the cached blocks of the longest cached prefix of the
-    /// sequence's tokens (as much of it as [`Sequence::usable_prefix`]
-    /// allows), leaving at least one token to compute.
+    /// sequence's tokens, leaving at least one token to compute.
     fn attach_cached_prefix(&mut self, seq: &mut Sequence) {
         let bs = self.cfg.block_size;
         debug_assert!(seq.blocks.is_empty() && seq.n_computed == 0);
-        let mut hashes = Vec::new();
         for i in 0..(seq.tokens.len() - 1) / bs {
-            let parent = hashes.last().copied().unwrap_or(0);
-            let h = self.blocks.hash(parent, &seq.tokens[i * bs..(i + 1) * bs]);
-            if !self.blocks.is_cached(h) {
+            let h = self.block_hash(seq, i);
+            let Some(b) = self.blocks.lookup(h) else {
                 break;
-            }
-            hashes.push(h);
-        }
-        hashes.truncate(seq.usable_prefix(hashes.len() * bs, bs) / bs);
-        for h in hashes {
-            let b = self.blocks.lookup(h).expect("checked above");
+            };
             seq.blocks.push(b);
             let first = b * bs as u32;
             seq.slots.extend(first..first + bs as u32);
@@ -371,7 +352,10 @@ impl<B: Backend> Engine<B> {
         seq.slots.clear();
         seq.hashes.clear();
         seq.n_computed = 0;
-        seq.replay = 0;
+    }
+
+    fn block_hash(&self, seq: &Sequence, k: usize) -> u64 {
+        block_hash(&self.blocks, seq, k)
     }
 
     /// Frees running sequence `i` and puts it first in the queue.
@@ -386,7 +370,7 @@ impl<B: Backend> Engine<B> {
         self.tokens.clear();
         self.positions.clear();
         self.outputs.clear();
-        let mut seqs = Vec::with_capacity(self.plan.len());
+        let mut seqs = Vec::with_capacity(2 * self.plan.len());
         for p in &self.plan {
             let seq = &self.running[p.seq];
             let start = self.tokens.len();
@@ -396,17 +380,21 @@ impl<B: Backend> Engine<B> {
             if from + n == seq.tokens.len() {
                 self.outputs.push(start + n - 1);
             }
-            // A replay gives each of its runs its own entry: each is then
-            // computed as it was the first time.
-            let mut run_end = from;
-            let runs = seq.runs[seq.replay..seq.replay + p.runs].iter();
-            for len in runs.map(|&r| r as usize).chain((p.runs == 0).then_some(n)) {
-                let rows = start + run_end - from..start + run_end - from + len;
-                run_end += len;
-                seqs.push(SeqRows {
-                    rows,
-                    slots: &seq.slots[..run_end],
-                });
+            // Prompt tokens and generated ones (recomputed after a
+            // preemption) take their own kernels.
+            let split = seq.prompt_len.clamp(from, from + n);
+            let parts = [
+                (from..split, Kernels::PromptRow),
+                (split..from + n, Kernels::TokenRow),
+            ];
+            for (range, kernels) in parts {
+                if !range.is_empty() {
+                    seqs.push(SeqRows {
+                        rows: start + range.start - from..start + range.end - from,
+                        slots: &seq.slots[..range.end],
+                        kernels,
+                    });
+                }
             }
         }
         let batch = Batch {
@@ -433,11 +421,10 @@ impl<B: Backend> Engine<B> {
         let mut done = Vec::new();
         for p in &self.plan {
             let seq = &mut self.running[p.seq];
-            seq.advance(p.rows, p.runs);
+            seq.n_computed += p.rows;
             while seq.hashes.len() < seq.n_computed / bs {
                 let k = seq.hashes.len();
-                let parent = seq.hashes.last().copied().unwrap_or(0);
-                let h = self.blocks.hash(parent, &seq.tokens[k * bs..(k + 1) * bs]);
+                let h = block_hash(&self.blocks, seq, k);
                 self.blocks.register(seq.blocks[k], h);
                 seq.hashes.push(h);
             }
@@ -527,6 +514,19 @@ impl<B: Backend> Engine<B> {
         m.kv_blocks_cached
             .store(self.blocks.cached_unused() as u64, Relaxed);
     }
+}
+
+/// The prefix hash of block `k` of `seq` (its parent's hash must be in
+/// `seq.hashes`). It covers which positions were prompt tokens, as those
+/// are computed by other kernels than generated ones.
+fn block_hash(blocks: &BlockPool, seq: &Sequence, k: usize) -> u64 {
+    let bs = blocks.block_size();
+    let parent = if k == 0 { 0 } else { seq.hashes[k - 1] };
+    let prompt_part = seq.prompt_len.clamp(k * bs, (k + 1) * bs) - k * bs;
+    blocks.hash(
+        parent ^ prompt_part as u64,
+        &seq.tokens[k * bs..(k + 1) * bs],
+    )
 }
 
 /// The `k` most likely tokens of `logprobs`, most likely first.

@@ -89,10 +89,6 @@ impl BlockPool {
         None
     }
 
-    pub fn is_cached(&self, hash: u64) -> bool {
-        self.cached.contains_key(&hash)
-    }
-
     /// Attaches the cached block of prefix hash `hash`, if there is one.
     pub fn lookup(&mut self, hash: u64) -> Option<u32> {
         let b = *self.cached.get(&hash)?;

@@ -97,8 +97,10 @@ impl EngineHandle {
             return Err(SubmitError::QueueFull(self.cfg.max_queue));
         }
         let tx = self.tx.lock().expect("engine sender");
-        let sent = tx.as_ref().map(|tx| tx.send(Command::Submit(req)));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Command::Submit(req)).is_ok());
+        if !sent {
             queued.fetch_sub(1, Relaxed);
             return Err(SubmitError::Stopped);
         }

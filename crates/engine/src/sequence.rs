@@ -23,17 +23,9 @@ pub struct Sequence {
     pub slots: Vec<u32>,
     /// Prefix hashes of the full blocks registered so far.
     pub hashes: Vec<u64>,
-    /// The row counts of the passes that computed positions 0.. in order
-    /// (a prefix taken from the cache counts as one). A preempted sequence
-    /// replays them, each pass as if alone, so that recomputing gives the
-    /// same bits as the first time.
-    pub runs: Vec<u32>,
-    /// The next run to replay (`runs.len()`: none).
-    pub replay: usize,
     /// Prompt tokens taken from the prefix cache at first admission.
     pub cached_tokens: usize,
-    /// Whether the prefix cache was consulted (only at first admission:
-    /// a resumed sequence looks again, for what it had computed).
+    /// Whether it has started (a preempted sequence waits again).
     pub admitted: bool,
     pub params: GenParams,
     pub sampler: Sampler,
@@ -63,8 +55,6 @@ impl Sequence {
             blocks: Vec::new(),
             slots: Vec::new(),
             hashes: Vec::new(),
-            runs: Vec::new(),
-            replay: 0,
             cached_tokens: 0,
             admitted: false,
             text: TextOut::new(tokenizer, params.stop.clone()),
@@ -83,73 +73,6 @@ impl Sequence {
     /// Tokens still to evaluate before the next one can be sampled.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.n_computed
-    }
-
-    /// Of `cached` positions found in the prefix cache, how many to use: a
-    /// sequence that ran before uses them up to the end of one of its
-    /// passes on a block boundary.
-    pub fn usable_prefix(&self, cached: usize, block_size: usize) -> usize {
-        if self.runs.is_empty() {
-            return cached;
-        }
-        let mut end = 0;
-        let mut best = 0;
-        for &r in &self.runs {
-            end += r as usize;
-            if end > cached {
-                break;
-            }
-            if end.is_multiple_of(block_size) {
-                best = end;
-            }
-        }
-        best
-    }
-
-    /// Starts evaluation after `n_computed` positions came from the cache.
-    pub fn start_runs(&mut self) {
-        if self.runs.is_empty() {
-            if self.n_computed > 0 {
-                self.runs.push(self.n_computed as u32);
-            }
-            self.replay = self.runs.len();
-            return;
-        }
-        let mut end = 0;
-        self.replay = 0;
-        while end < self.n_computed {
-            end += self.runs[self.replay] as usize;
-            self.replay += 1;
-        }
-        debug_assert_eq!(end, self.n_computed, "a prefix ends where a run does");
-    }
-
-    /// The rows of this sequence's next pass and the runs they replay
-    /// (0: a new pass), at most `chunk` rows unless one run is longer.
-    pub fn next_rows(&self, chunk: usize) -> (usize, usize) {
-        if self.replay == self.runs.len() {
-            return (self.pending().min(chunk), 0);
-        }
-        let (mut rows, mut k) = (0, 0);
-        for &r in &self.runs[self.replay..] {
-            if k > 0 && rows + r as usize > chunk {
-                break;
-            }
-            rows += r as usize;
-            k += 1;
-        }
-        (rows, k)
-    }
-
-    /// Records a pass of `rows` rows replaying `runs` runs (see [`Self::next_rows`]).
-    pub fn advance(&mut self, rows: usize, runs: usize) {
-        self.n_computed += rows;
-        if runs == 0 {
-            self.runs.push(rows as u32);
-            self.replay = self.runs.len();
-        } else {
-            self.replay += runs;
-        }
     }
 
     pub fn is_cancelled(&self) -> bool {

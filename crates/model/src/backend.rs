@@ -35,13 +35,37 @@ pub struct AttnParams {
     pub window: usize,
 }
 
+/// How the kernels that compute a run of rows are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// As llama.cpp chooses them for a lone batch of that many rows (its
+    /// numbers, which depend on how a sequence is split into batches).
+    Batch,
+    /// The same kernels for a row whatever it is batched with: prompt
+    /// tokens through the prompt kernels (the tiled matmul where there is
+    /// one), so a row's numbers never depend on chunking, batching or what
+    /// the prefix cache supplied.
+    PromptRow,
+    /// Likewise, through the single-token kernels (generated tokens).
+    TokenRow,
+}
+
 /// One sequence's share of a batch: its token rows and, for every
 /// position from 0 to its last one in the batch, the KV-cache slot that
-/// holds (or receives) that position.
+/// holds (or receives) that position. A sequence may have several
+/// consecutive entries (rows of different [`Kernels`]).
 #[derive(Clone, Debug)]
 pub struct SeqRows<'a> {
     pub rows: Range<usize>,
     pub slots: &'a [u32],
+    pub kernels: Kernels,
+}
+
+/// A run of rows of a matmul and how its kernels are chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowGroup {
+    pub rows: Range<usize>,
+    pub kernels: Kernels,
 }
 
 pub trait Backend: Send + Sync {
@@ -80,16 +104,16 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32, out: &mut Self::Tensor);
     fn rms_norm_inplace(&self, x: &mut Self::Tensor, w: &Self::Weight, eps: f32);
     /// out = x · wᵀ, w of shape [out cols][x cols] in its block layout.
-    /// `groups` splits the rows of `x` into contiguous runs, one per
-    /// sequence, in order. A backend that picks kernels by the number of
-    /// rows (as ggml does) picks them per group, so that what a sequence
-    /// computes does not depend on what it is batched with.
+    /// `groups` splits the rows of `x` into contiguous runs, in order, at
+    /// least one per sequence; kernels are chosen per group as its
+    /// [`Kernels`] says, so that what a sequence computes does not depend
+    /// on what it is batched with.
     fn matmul(
         &self,
         x: &Self::Tensor,
         w: &Self::Weight,
         out: &mut Self::Tensor,
-        groups: &[Range<usize>],
+        groups: &[RowGroup],
     );
     fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);
     /// dst = src[:, start .. start + dst.cols] (splits fused projections).

@@ -10,7 +10,7 @@ pub mod session;
 pub mod synth;
 pub mod weights;
 
-pub use backend::{AttnParams, Backend, RopeParams, SeqRows};
+pub use backend::{AttnParams, Backend, Kernels, RopeParams, RowGroup, SeqRows};
 pub use config::{Arch, FfnActivation, ModelConfig, RopeStyle};
 pub use model::{ActivationSink, Batch, Model, Scratch};
 pub use sampler::{Sampler, SamplerConfig};

@@ -5,11 +5,9 @@
 //! FFN (+post-norm), residual → final norm → logits. Every intermediate is
 //! named so that `--dump-activations` can write it for layer-by-layer diffs.
 
-use std::ops::Range;
-
 use quarrel_gguf::GgufFile;
 
-use crate::backend::{AttnParams, Backend, RopeParams, SeqRows};
+use crate::backend::{AttnParams, Backend, Kernels, RopeParams, RowGroup, SeqRows};
 use crate::config::ModelConfig;
 use crate::weights::{GateUpWeights, LayerWeights, QkvWeights, Weights};
 use crate::ModelError;
@@ -35,8 +33,8 @@ pub struct Scratch<B: Backend> {
     max_rows: usize,
     max_outputs: usize,
     /// Rows of each sequence, and its output rows (see [`Backend::matmul`]).
-    groups: Vec<Range<usize>>,
-    out_groups: Vec<Range<usize>>,
+    groups: Vec<RowGroup>,
+    out_groups: Vec<RowGroup>,
     x: B::Tensor,
     xn: B::Tensor,
     q: B::Tensor,
@@ -311,12 +309,13 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// The batch's rows per sequence, and its output rows per sequence (runs
-/// of consecutive outputs that fall in one sequence's rows).
+/// The batch's row groups (one per [`SeqRows`]), and those of its output
+/// rows: for a sequence computed as a batch, the runs of its outputs; rows
+/// computed on their own take the single-token kernels as outputs.
 fn group_rows(
     batch: &Batch<'_>,
-    groups: &mut Vec<Range<usize>>,
-    out_groups: &mut Vec<Range<usize>>,
+    groups: &mut Vec<RowGroup>,
+    out_groups: &mut Vec<RowGroup>,
 ) -> Result<(), ModelError> {
     groups.clear();
     out_groups.clear();
@@ -329,7 +328,10 @@ fn group_rows(
             )));
         }
         next = seq.rows.end;
-        groups.push(seq.rows.clone());
+        groups.push(RowGroup {
+            rows: seq.rows.clone(),
+            kernels: seq.kernels,
+        });
     }
     if next != batch.tokens.len() {
         return Err(ModelError::Batch(format!(
@@ -337,20 +339,27 @@ fn group_rows(
             batch.tokens.len()
         )));
     }
-    let mut seq = 0;
-    let mut prev: Option<(usize, usize)> = None; // (row, sequence)
+    let mut g = 0;
+    let mut prev: Option<(usize, usize)> = None; // (row, group)
     for (i, &row) in batch.outputs.iter().enumerate() {
         if prev.is_some_and(|(r, _)| r >= row) {
             return Err(ModelError::Batch("output rows must ascend".into()));
         }
-        while groups[seq].end <= row {
-            seq += 1;
+        while groups[g].rows.end <= row {
+            g += 1;
         }
+        let kernels = match groups[g].kernels {
+            Kernels::Batch => Kernels::Batch,
+            Kernels::PromptRow | Kernels::TokenRow => Kernels::TokenRow,
+        };
         match out_groups.last_mut() {
-            Some(g) if prev.is_some_and(|(_, s)| s == seq) => g.end = i + 1,
-            _ => out_groups.push(i..i + 1),
+            Some(o) if prev.is_some_and(|(_, pg)| pg == g) => o.rows.end = i + 1,
+            _ => out_groups.push(RowGroup {
+                rows: i..i + 1,
+                kernels,
+            }),
         }
-        prev = Some((row, seq));
+        prev = Some((row, g));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! micro-batches, then one token at a time. Used by `run`, `chat` and
 //! `perplexity`; the server's engine drives [`Model::forward`] itself.
 
-use crate::backend::{Backend, SeqRows};
+use crate::backend::{Backend, Kernels, SeqRows};
 use crate::model::{ActivationSink, Batch, Model, Scratch};
 use crate::ModelError;
 
@@ -130,6 +130,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let seqs = [SeqRows {
             rows: 0..chunk.len(),
             slots: &self.slots[..start + chunk.len()],
+            kernels: Kernels::Batch,
         }];
         let batch = Batch {
             tokens: chunk,

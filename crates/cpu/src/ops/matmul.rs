@@ -11,10 +11,9 @@
 //! K-quant matrices use ggml's tiled matmul for batches of eight or more
 //! tokens, which is why the kernel depends on the whole batch's size.
 
-use std::ops::Range;
-
 use crate::pool::{ColumnSplit, Pool};
 use crate::tensor::{CpuTensor, CpuWeight};
+use quarrel_model::{Kernels, RowGroup};
 use quarrel_quant::DotKernel;
 
 /// The fewest weight rows per task: a task is worth a few microseconds.
@@ -40,14 +39,13 @@ impl MatmulScratch {
     }
 }
 
-/// out = x · wᵀ. Kernels are chosen per group of rows (one sequence's),
-/// as ggml would choose them for that group alone.
+/// out = x · wᵀ, kernels chosen per group of rows (see [`Kernels`]).
 pub fn matmul(
     pool: &Pool,
     x: &CpuTensor,
     w: &CpuWeight,
     out: &mut CpuTensor,
-    groups: &[Range<usize>],
+    groups: &[RowGroup],
     scratch: &mut MatmulScratch,
 ) {
     assert_eq!(x.cols, w.cols, "matmul inner dimensions");
@@ -55,28 +53,36 @@ pub fn matmul(
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
     let path = quarrel_quant::matmul_path(w.ty, m);
+    let tiled = super::gemm::applies;
     scratch.kernels.clear();
     for g in groups {
-        #[cfg(target_arch = "x86_64")]
-        if super::gemm::applies(g.len()) {
-            let (act, xq) = (&mut scratch.act, &mut scratch.xq);
-            super::gemm::round_activations(
-                pool,
-                w.ty,
-                &x.live()[g.start * k..g.end * k],
-                k,
-                act,
-                xq,
-            );
-            super::gemm::matmul(pool, xq, w, &mut out.live_mut()[g.start * m..g.end * m]);
-            scratch.kernels.extend(g.clone().map(|_| None));
-            continue;
-        }
-        scratch
-            .kernels
-            .extend((0..g.len()).map(|t| Some(path.kernel(t, g.len()))));
+        let len = g.rows.len();
+        let per_row = |t: usize| match g.kernels {
+            Kernels::Batch if tiled(len) => None,
+            Kernels::Batch => Some(path.kernel(t, len)),
+            Kernels::PromptRow if tiled(usize::MAX) => None,
+            Kernels::PromptRow | Kernels::TokenRow => Some(path.kernel(0, 1)),
+        };
+        scratch.kernels.extend((0..len).map(per_row));
     }
     assert_eq!(scratch.kernels.len(), n, "matmul groups cover the rows");
+    // The tiled matmul gives each row the same bits whatever rows it runs
+    // with, so each contiguous run of its rows is one call.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut t = 0;
+        while t < n {
+            if scratch.kernels[t].is_some() {
+                t += 1;
+                continue;
+            }
+            let end = (t..n).find(|&e| scratch.kernels[e].is_some()).unwrap_or(n);
+            let (act, xq) = (&mut scratch.act, &mut scratch.xq);
+            super::gemm::round_activations(pool, w.ty, &x.live()[t * k..end * k], k, act, xq);
+            super::gemm::matmul(pool, xq, w, &mut out.live_mut()[t * m..end * m]);
+            t = end;
+        }
+    }
     if scratch.kernels.iter().all(Option::is_none) {
         return;
     }
