@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1; secs=${2:-60}; shift 2 || true
-conc=("${@:-1 8}"); conc=(${conc[@]})
+conc=${*:-1 8}
 llama=${LLAMACPP_BIN:-/work/cache/llamacpp/build/bin}
 port=18080
 wait_ready() {
@@ -25,7 +25,7 @@ run() {  # name, clients, command...
   echo "$name c=$c $(python3 bench/serve-load.py --port $port -c "$c" -t "$secs" --rss-pid $pid --json)"
   kill -TERM $pid; wait $pid || true
 }
-for c in "${conc[@]}"; do
+for c in $conc; do
   run quarrel "$c" target/release/quarrel serve -m "$model" --port $port -t 2 --parallel "$c"
   run llama-server "$c" "$llama/llama-server" -m "$model" --port $port -t 2 -np "$c" -c $((4096 * c)) --no-webui
 done

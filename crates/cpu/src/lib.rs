@@ -89,6 +89,10 @@ impl Backend for CpuBackend {
         CpuKvCache::new(n_layer, n_slots, k_dim, v_dim)
     }
 
+    fn kv_slot_bytes(&self, n_layer: usize, k_dim: usize, v_dim: usize) -> usize {
+        CpuKvCache::slot_bytes(n_layer, k_dim, v_dim)
+    }
+
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuTensor) {
         out.rows = tokens.len();
         let cols = out.cols;

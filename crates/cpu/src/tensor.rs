@@ -98,4 +98,8 @@ impl CpuKvCache {
             v_dim,
         }
     }
+
+    pub(crate) fn slot_bytes(n_layer: usize, k_dim: usize, v_dim: usize) -> usize {
+        n_layer * (k_dim + v_dim) * std::mem::size_of::<f16>()
+    }
 }

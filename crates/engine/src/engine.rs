@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quarrel_model::sampler::log_softmax;
+use quarrel_model::sampler::{log_softmax, top_logprobs};
 use quarrel_model::{Backend, Batch, Kernels, Model, ModelError, Sampler, Scratch, SeqRows};
 use quarrel_tokenizer::Tokenizer;
 
@@ -65,10 +65,6 @@ struct Planned {
     rows: usize,
 }
 
-pub(crate) enum Command {
-    Submit(Request),
-}
-
 pub(crate) struct Engine<B: Backend> {
     model: Model<B>,
     tokenizer: Arc<Tokenizer>,
@@ -77,7 +73,7 @@ pub(crate) struct Engine<B: Backend> {
     scratch: Scratch<B>,
     blocks: BlockPool,
     waiting: VecDeque<Sequence>,
-    /// Oldest first.
+    /// Oldest first (from the start of each schedule; admissions append).
     running: Vec<Sequence>,
     shared: Arc<Shared>,
     next_id: u64,
@@ -88,6 +84,11 @@ pub(crate) struct Engine<B: Backend> {
     outputs: Vec<usize>,
     logits: Vec<f32>,
     logprobs: Vec<f64>,
+    /// The batch's sequence entries, kept for their allocation only (see
+    /// [`recycle`]): empty between steps.
+    seq_rows: Vec<SeqRows<'static>>,
+    /// Sequences a step finished: (index into `running`, why).
+    finished: Vec<(usize, FinishReason)>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -117,6 +118,8 @@ impl<B: Backend> Engine<B> {
             outputs: Vec::with_capacity(cfg.max_seqs),
             logits: Vec::with_capacity(cfg.max_seqs * n_vocab),
             logprobs: Vec::with_capacity(n_vocab),
+            seq_rows: Vec::with_capacity(2 * cfg.max_seqs),
+            finished: Vec::with_capacity(cfg.max_seqs),
             cfg,
         };
         engine.publish();
@@ -124,7 +127,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Runs until every handle is gone and every sequence has finished.
-    pub fn run(mut self, rx: Receiver<Command>) {
+    pub fn run(mut self, rx: Receiver<Request>) {
         let mut open = true;
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
@@ -132,13 +135,13 @@ impl<B: Backend> Engine<B> {
                     return;
                 }
                 match rx.recv() {
-                    Ok(cmd) => self.accept(cmd),
+                    Ok(req) => self.accept(req),
                     Err(_) => return,
                 }
             }
             while open {
                 match rx.try_recv() {
-                    Ok(cmd) => self.accept(cmd),
+                    Ok(req) => self.accept(req),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => open = false,
                 }
@@ -155,8 +158,7 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn accept(&mut self, cmd: Command) {
-        let Command::Submit(req) = cmd;
+    fn accept(&mut self, req: Request) {
         let n_vocab = self.model.config.n_vocab;
         let mut sampler = Sampler::new(req.params.sampler.clone(), n_vocab);
         for &t in &req.prompt {
@@ -197,16 +199,17 @@ impl<B: Backend> Engine<B> {
 
     fn drop_cancelled(&mut self) {
         let blocks = &mut self.blocks;
-        let mut drop = |seq: &Sequence| {
+        // Keeps a live sequence; releases a cancelled one's blocks.
+        let mut live = |seq: &Sequence| {
             if seq.is_cancelled() {
                 seq.blocks.iter().for_each(|&b| blocks.release(b));
                 return false;
             }
             true
         };
-        self.running.retain(|s| drop(s));
+        self.running.retain(|s| live(s));
         self.waiting.retain(|s| {
-            let keep = drop(s);
+            let keep = live(s);
             if !keep && !s.admitted {
                 self.shared.queued.fetch_sub(1, Relaxed);
             }
@@ -234,10 +237,13 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Fills `plan`: decode rows first (oldest first, preempting the newest
-    /// when blocks run out), then prompt chunks (and replays) of running
-    /// sequences, then newly admitted ones, while the token budget lasts.
+    /// when blocks run out), then prompt chunks (or recomputation) of
+    /// running sequences, then newly admitted ones, while the token budget
+    /// lasts.
     fn schedule(&mut self) {
         self.plan.clear();
+        // Resumed sequences were appended last: back to arrival order.
+        self.running.sort_unstable_by_key(|s| s.id);
         let mut budget = self.cfg.max_batch_tokens;
         let chunk = self.cfg.prefill_chunk;
         let is_decode = |s: &Sequence| s.pending() == 1 && s.n_computed > 0;
@@ -275,18 +281,10 @@ impl<B: Backend> Engine<B> {
             };
             self.attach_cached_prefix(&mut seq);
             let rows = seq.pending().min(chunk).min(budget);
-            let pos = self.running.partition_point(|s| s.id < seq.id);
-            self.running.insert(pos, seq);
-            // Indices at or past `pos` moved up by one.
-            let shift = |plan: &mut Vec<Planned>, by: isize| {
-                for p in plan.iter_mut().filter(|p| p.seq >= pos) {
-                    p.seq = p.seq.wrapping_add_signed(by);
-                }
-            };
-            shift(&mut self.plan, 1);
+            let pos = self.running.len();
+            self.running.push(seq);
             if !self.reserve(pos, rows) {
-                let mut seq = self.running.remove(pos);
-                shift(&mut self.plan, -1);
+                let mut seq = self.running.pop().expect("just pushed");
                 self.release_blocks(&mut seq);
                 self.waiting.push_front(seq);
                 break;
@@ -332,7 +330,7 @@ impl<B: Backend> Engine<B> {
         let bs = self.cfg.block_size;
         debug_assert!(seq.blocks.is_empty() && seq.n_computed == 0);
         for i in 0..(seq.tokens.len() - 1) / bs {
-            let h = self.block_hash(seq, i);
+            let h = block_hash(&self.blocks, seq, i);
             let Some(b) = self.blocks.lookup(h) else {
                 break;
             };
@@ -354,10 +352,6 @@ impl<B: Backend> Engine<B> {
         seq.n_computed = 0;
     }
 
-    fn block_hash(&self, seq: &Sequence, k: usize) -> u64 {
-        block_hash(&self.blocks, seq, k)
-    }
-
     /// Frees running sequence `i` and puts it first in the queue.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
@@ -370,7 +364,7 @@ impl<B: Backend> Engine<B> {
         self.tokens.clear();
         self.positions.clear();
         self.outputs.clear();
-        let mut seqs = Vec::with_capacity(2 * self.plan.len());
+        let mut seqs = recycle(std::mem::take(&mut self.seq_rows));
         for p in &self.plan {
             let seq = &self.running[p.seq];
             let start = self.tokens.len();
@@ -403,8 +397,11 @@ impl<B: Backend> Engine<B> {
             seqs: &seqs,
             outputs: &self.outputs,
         };
-        self.model
-            .forward(&batch, &mut self.cache, &mut self.scratch, None)?;
+        let result = self
+            .model
+            .forward(&batch, &mut self.cache, &mut self.scratch, None);
+        self.seq_rows = recycle(seqs);
+        result?;
         let n_vocab = self.model.config.n_vocab;
         self.logits.resize(self.outputs.len() * n_vocab, 0.0);
         self.model.read_logits(&self.scratch, &mut self.logits);
@@ -418,7 +415,7 @@ impl<B: Backend> Engine<B> {
         let bs = self.cfg.block_size;
         let limit = self.cfg.max_positions();
         let mut out = 0;
-        let mut done = Vec::new();
+        self.finished.clear();
         for p in &self.plan {
             let seq = &mut self.running[p.seq];
             seq.n_computed += p.rows;
@@ -450,21 +447,19 @@ impl<B: Backend> Engine<B> {
             seq.last_token = Some(now);
             let logprob = top.map(|top| TokenLogprob {
                 logprob: self.logprobs[token as usize] as f32,
-                top,
+                top: top.into_iter().map(|(t, l)| (t, l as f32)).collect(),
             });
+            // The end-of-generation token is counted but not shown.
             let eog = !seq.params.ignore_eos && self.tokenizer.is_eog(token);
-            let (text, stopped) = if eog {
-                (String::new(), false)
-            } else {
-                seq.push_text(token)
-            };
-            if !eog {
+            let stopped = !eog && {
+                let (text, stopped) = seq.push_text(token);
                 let _ = seq.events.send(Event::Token {
                     id: token,
                     text,
                     logprob,
                 });
-            }
+                stopped
+            };
             let reason = if eog || stopped {
                 Some(FinishReason::Stop)
             } else if seq.generated() >= seq.params.max_tokens || seq.tokens.len() >= limit {
@@ -473,22 +468,25 @@ impl<B: Backend> Engine<B> {
                 None
             };
             if let Some(r) = reason {
-                done.push((seq.id, r));
+                self.finished.push((p.seq, r));
             }
         }
-        for (id, reason) in done {
-            let i = self
-                .running
-                .iter()
-                .position(|s| s.id == id)
-                .expect("finished sequences are running");
+        // Highest index first, so that removals leave the others in place.
+        self.finished
+            .sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for k in 0..self.finished.len() {
+            let (i, reason) = self.finished[k];
             let mut seq = self.running.remove(i);
             self.finish(&mut seq, reason);
         }
     }
 
-    /// Sends what text is left and the final event; frees the blocks.
+    /// Frees the blocks of a sequence taken out of the engine, then sends
+    /// what text is left and the final event: a client that has its answer
+    /// sees the gauges without it.
     fn finish(&mut self, seq: &mut Sequence, reason: FinishReason) {
+        self.release_blocks(seq);
+        self.publish();
         let rest = seq.flush_text();
         if !rest.is_empty() {
             let _ = seq.events.send(Event::Text(rest));
@@ -499,7 +497,6 @@ impl<B: Backend> Engine<B> {
             completion_tokens: seq.generated(),
             cached_tokens: seq.cached_tokens,
         }));
-        self.release_blocks(seq);
     }
 
     /// Updates the gauges.
@@ -524,27 +521,35 @@ fn block_hash(blocks: &BlockPool, seq: &Sequence, k: usize) -> u64 {
     let parent = if k == 0 { 0 } else { seq.hashes[k - 1] };
     let prompt_part = seq.prompt_len.clamp(k * bs, (k + 1) * bs) - k * bs;
     blocks.hash(
-        parent ^ prompt_part as u64,
+        parent,
+        prompt_part as u64,
         &seq.tokens[k * bs..(k + 1) * bs],
     )
 }
 
-/// The `k` most likely tokens of `logprobs`, most likely first.
-fn top_logprobs(logprobs: &[f64], k: usize) -> Vec<(u32, f32)> {
-    let k = k.min(logprobs.len());
-    if k == 0 {
-        return Vec::new();
+/// An empty vector of sequence entries with the allocation of `v`, for
+/// another lifetime: the batch borrows the running sequences only for one
+/// step, while its buffer lives on (the in-place `collect` reuses it).
+fn recycle<'a>(mut v: Vec<SeqRows<'_>>) -> Vec<SeqRows<'a>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycling_keeps_the_allocation() {
+        let slots = [0u32; 4];
+        let mut v = Vec::with_capacity(8);
+        v.push(SeqRows {
+            rows: 0..1,
+            slots: &slots,
+            kernels: Kernels::TokenRow,
+        });
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let r: Vec<SeqRows<'static>> = recycle(v);
+        assert_eq!((r.as_ptr() as usize, r.capacity(), r.len()), (ptr, cap, 0));
     }
-    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
-    let by_prob = |a: &u32, b: &u32| {
-        logprobs[*b as usize]
-            .total_cmp(&logprobs[*a as usize])
-            .then(a.cmp(b))
-    };
-    idx.select_nth_unstable_by(k - 1, by_prob);
-    idx.truncate(k);
-    idx.sort_by(by_prob);
-    idx.into_iter()
-        .map(|t| (t, logprobs[t as usize] as f32))
-        .collect()
 }

@@ -63,9 +63,10 @@ impl BlockPool {
         self.n_evictable
     }
 
-    /// The hash of a full block of `tokens` following a prefix of hash `parent`.
-    pub fn hash(&self, parent: u64, tokens: &[u32]) -> u64 {
-        self.hasher.hash_one((parent, tokens))
+    /// The hash of a full block of `tokens` following a prefix of hash
+    /// `parent`; `tag` is whatever else decides what the block holds.
+    pub fn hash(&self, parent: u64, tag: u64, tokens: &[u32]) -> u64 {
+        self.hasher.hash_one((parent, tag, tokens))
     }
 
     /// Takes a block: a free one, else the oldest cached one nobody holds.
@@ -146,7 +147,7 @@ mod tests {
         let mut pool = BlockPool::new(3, 4);
         let a = pool.allocate().unwrap();
         let b = pool.allocate().unwrap();
-        let h = pool.hash(0, &[1, 2, 3, 4]);
+        let h = pool.hash(0, 0, &[1, 2, 3, 4]);
         pool.register(a, h);
         assert_eq!(pool.available(), 1);
 
@@ -177,7 +178,7 @@ mod tests {
     fn a_prefix_is_registered_once() {
         let mut pool = BlockPool::new(2, 2);
         let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
-        let h = pool.hash(0, &[7, 7]);
+        let h = pool.hash(0, 0, &[7, 7]);
         pool.register(a, h);
         pool.register(b, h);
         pool.release(b);
@@ -188,7 +189,7 @@ mod tests {
     #[test]
     fn hashes_cover_the_whole_prefix() {
         let pool = BlockPool::new(1, 2);
-        let first = pool.hash(0, &[1, 2]);
-        assert_ne!(pool.hash(first, &[3, 4]), pool.hash(0, &[3, 4]));
+        let first = pool.hash(0, 0, &[1, 2]);
+        assert_ne!(pool.hash(first, 0, &[3, 4]), pool.hash(0, 0, &[3, 4]));
     }
 }

@@ -22,7 +22,7 @@ pub use kv_blocks::BlockPool;
 pub use metrics::Metrics;
 pub use request::{Event, Finish, FinishReason, GenParams, Request, TokenLogprob};
 
-use engine::{Command, Engine, Shared};
+use engine::{Engine, Shared};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
@@ -37,7 +37,7 @@ pub enum SubmitError {
 }
 
 pub struct EngineHandle {
-    tx: Mutex<Option<Sender<Command>>>,
+    tx: Mutex<Option<Sender<Request>>>,
     shared: Arc<Shared>,
     cfg: EngineConfig,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -97,9 +97,7 @@ impl EngineHandle {
             return Err(SubmitError::QueueFull(self.cfg.max_queue));
         }
         let tx = self.tx.lock().expect("engine sender");
-        let sent = tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Command::Submit(req)).is_ok());
+        let sent = tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
         if !sent {
             queued.fetch_sub(1, Relaxed);
             return Err(SubmitError::Stopped);

@@ -104,66 +104,67 @@ impl Metrics {
         for (status, n) in self.requests.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "quarrel_requests_total{{status=\"{status}\"}} {n}");
         }
-        let counters = [
+        let (counter, gauge) = ("counter", "gauge");
+        let values = [
             (
                 "quarrel_prompt_tokens_total",
+                counter,
                 "Prompt tokens of admitted requests.",
                 &self.prompt_tokens,
             ),
             (
                 "quarrel_generation_tokens_total",
+                counter,
                 "Tokens generated.",
                 &self.generated_tokens,
             ),
             (
                 "quarrel_prefix_cache_hit_tokens_total",
+                counter,
                 "Prompt tokens found in the prefix cache.",
                 &self.cached_prompt_tokens,
             ),
             (
                 "quarrel_preemptions_total",
+                counter,
                 "Sequences preempted for want of KV blocks.",
                 &self.preemptions,
             ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        let gauges = [
             (
                 "quarrel_running_sequences",
+                gauge,
                 "Sequences being evaluated.",
                 &self.running,
             ),
             (
                 "quarrel_waiting_sequences",
+                gauge,
                 "Sequences waiting to start (or to resume).",
                 &self.waiting,
             ),
             (
                 "quarrel_kv_blocks_used",
+                gauge,
                 "KV-cache blocks held by sequences.",
                 &self.kv_blocks_used,
             ),
             (
                 "quarrel_kv_blocks_free",
+                gauge,
                 "KV-cache blocks free to allocate (cached ones included).",
                 &self.kv_blocks_free,
             ),
             (
                 "quarrel_kv_blocks_cached",
+                gauge,
                 "Free KV-cache blocks that still hold a cached prefix.",
                 &self.kv_blocks_cached,
             ),
         ];
-        for (name, help, v) in gauges {
+        for (name, kind, help, v) in values {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Relaxed)
             );
         }

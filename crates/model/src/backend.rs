@@ -95,6 +95,8 @@ pub trait Backend: Send + Sync {
         k_dim: usize,
         v_dim: usize,
     ) -> Self::KvCache;
+    /// Bytes that one slot of such a cache takes, all layers together.
+    fn kv_slot_bytes(&self, n_layer: usize, k_dim: usize, v_dim: usize) -> usize;
 
     /// out[i] = dequantized row `tokens[i]` of `table`.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor);

@@ -102,6 +102,12 @@ impl<B: Backend> Model<B> {
             .new_kv_cache(c.n_layer, n_slots, c.k_dim(), c.v_dim())
     }
 
+    /// Bytes per position of [`Model::new_kv_cache`]'s cache.
+    pub fn kv_slot_bytes(&self) -> usize {
+        let c = &self.config;
+        self.backend.kv_slot_bytes(c.n_layer, c.k_dim(), c.v_dim())
+    }
+
     /// Runs `batch`; the logits of `batch.outputs` are then in `scratch`
     /// (read them with [`Model::read_logits`]).
     pub fn forward(

@@ -212,6 +212,24 @@ pub fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
     out.extend(logits.iter().map(|&l| l as f64 - lse));
 }
 
+/// The `k` most likely tokens of `logprobs`, most likely first (ties by id).
+pub fn top_logprobs(logprobs: &[f64], k: usize) -> Vec<(u32, f64)> {
+    let k = k.min(logprobs.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let by_prob = |a: &u32, b: &u32| {
+        logprobs[*b as usize]
+            .total_cmp(&logprobs[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
+    idx.select_nth_unstable_by(k - 1, by_prob);
+    idx.truncate(k);
+    idx.sort_by(by_prob);
+    idx.into_iter().map(|t| (t, logprobs[t as usize])).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,10 +347,10 @@ impl Started {
     }
 }
 
-fn rand_id() -> u128 {
+/// A fresh random id: each `RandomState` gets new keys.
+fn rand_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    let h = RandomState::new();
-    (h.hash_one(now()) as u128) << 64 | h.hash_one(std::thread::current().id()) as u128
+    RandomState::new().hash_one(0u8)
 }
 
 /// One response's identity and its formatting state.
@@ -371,24 +371,30 @@ impl Reply {
         })
     }
 
-    /// One chunk's choice: its text delta, its log-probabilities, and the
-    /// finish reason on the last.
-    fn chunk(&mut self, text: Option<&str>, finish: Option<&Finish>) -> Value {
-        let logprobs = if self.logprobs.is_empty() {
-            Value::Null
-        } else {
-            self.logprobs.take(&self.tokenizer)
-        };
+    /// The choice of a stream chunk (`stream`: the text as a delta) or of
+    /// a whole response: its text, the log-probabilities gathered since the
+    /// last one, and the finish reason on the last.
+    fn choice(&mut self, text: Option<&str>, finish: Option<&Finish>, stream: bool) -> Value {
+        let logprobs = self.logprobs.take(&self.tokenizer);
         let reason = finish.map(|f| openai::finish_reason(f.reason));
-        let choice = match self.kind {
-            Kind::Chat => {
+        match (self.kind, stream) {
+            (Kind::Chat, true) => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
                 json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
             }
-            Kind::Completion => json!({
+            (Kind::Chat, false) => json!({
+                "index": 0, "message": {"role": "assistant", "content": text.unwrap_or("")},
+                "logprobs": logprobs, "finish_reason": reason,
+            }),
+            (Kind::Completion, _) => json!({
                 "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
             }),
-        };
+        }
+    }
+
+    /// One stream chunk.
+    fn chunk(&mut self, text: Option<&str>, finish: Option<&Finish>) -> Value {
+        let choice = self.choice(text, finish, true);
         self.envelope(true, choice)
     }
 }
@@ -471,21 +477,7 @@ async fn whole(mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
         )
         .into_response();
     };
-    let logprobs = if reply.logprobs.is_empty() {
-        Value::Null
-    } else {
-        reply.logprobs.take(&reply.tokenizer)
-    };
-    let reason = openai::finish_reason(f.reason);
-    let choice = match reply.kind {
-        Kind::Chat => json!({
-            "index": 0, "message": {"role": "assistant", "content": text},
-            "logprobs": logprobs, "finish_reason": reason,
-        }),
-        Kind::Completion => json!({
-            "index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason,
-        }),
-    };
+    let choice = reply.choice(Some(&text), Some(&f), false);
     let mut v = reply.envelope(false, choice);
     v["usage"] = openai::usage(&f);
     axum::Json(v).into_response()

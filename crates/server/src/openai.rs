@@ -242,8 +242,11 @@ impl Logprobs {
         self.entries.is_empty()
     }
 
-    /// The JSON of what was pushed since the last call.
+    /// The JSON of what was pushed since the last call; null if nothing was.
     pub fn take(&mut self, tok: &Tokenizer) -> Value {
+        if self.entries.is_empty() {
+            return Value::Null;
+        }
         let piece = |id: u32| String::from_utf8_lossy(tok.token_to_piece(id)).into_owned();
         let bytes = |id: u32| tok.token_to_piece(id).to_vec();
         let entries = std::mem::take(&mut self.entries);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
 use quarrel_cpu::CpuBackend;
-use quarrel_model::sampler::log_softmax;
+use quarrel_model::sampler::{log_softmax, top_logprobs};
 use quarrel_model::{ActivationSink, Backend, Sampler, Session};
 use quarrel_tokenizer::chat::{ChatTemplate, Message};
 use quarrel_tokenizer::{StreamDecoder, Tokenizer};
@@ -179,22 +179,9 @@ fn next_call<'a>(dump: &'a mut Option<&mut NpyDump>) -> Option<&'a mut dyn Activ
 }
 
 fn top_k(logprobs: &[f64], k: usize) -> Vec<TopLogprob> {
-    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
-    let k = k.min(idx.len());
-    idx.select_nth_unstable_by(k - 1, |&a, &b| {
-        logprobs[b as usize].total_cmp(&logprobs[a as usize])
-    });
-    idx.truncate(k);
-    idx.sort_by(|&a, &b| {
-        logprobs[b as usize]
-            .total_cmp(&logprobs[a as usize])
-            .then(a.cmp(&b))
-    });
-    idx.into_iter()
-        .map(|id| TopLogprob {
-            id,
-            logprob: logprobs[id as usize],
-        })
+    top_logprobs(logprobs, k)
+        .into_iter()
+        .map(|(id, logprob)| TopLogprob { id, logprob })
         .collect()
 }
 

@@ -110,8 +110,7 @@ fn load_engine(path: &std::path::Path, a: &ServeArgs, metrics: Arc<Metrics>) -> 
     );
     let template = ChatTemplate::from_gguf(loaded.file.metadata(), c.arch.name())
         .context("cannot build the chat template")?;
-    // f16 K and V rows of every layer.
-    let slot_bytes = c.n_layer * (c.k_dim() + c.v_dim()) * 2;
+    let slot_bytes = loaded.model.kv_slot_bytes();
     let kv_blocks = (a.kv_mem << 20) / (slot_bytes * a.block_size.max(1));
     anyhow::ensure!(
         kv_blocks > 0,

@@ -200,14 +200,21 @@ def scenario_preemption():
     b.stop()
 
 
-def scenario_disconnect():
-    s = Server()
+def open_stream(s, body):
+    """A streaming completion whose first event has arrived."""
     c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-    body = {"prompt": "Count to a thousand:", "max_tokens": 3000, "stream": True, "ignore_eos": True}
-    c.request("POST", "/v1/completions", body=json.dumps(body))
+    c.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True, "ignore_eos": True}))
     r = c.getresponse()
     assert r.status == 200
-    for _ in range(3):
+    assert r.readline().startswith(b"data: ")
+    r.readline()
+    return c, r
+
+
+def scenario_disconnect():
+    s = Server()
+    c, r = open_stream(s, {"prompt": "Count to a thousand:", "max_tokens": 3000})
+    for _ in range(2):
         assert r.readline().startswith(b"data: ")
         r.readline()
     assert s.metric("quarrel_kv_blocks_used") > 0
@@ -267,29 +274,22 @@ def scenario_bad_input():
     s.stop()
 
 
+def sigterm_mid_stream(server_args, max_tokens, reason):
+    """SIGTERM while a stream is in flight: the stream ends with `reason`
+    and [DONE], and the server exits 0."""
+    s = Server(*server_args)
+    _, r = open_stream(s, {"prompt": "Hello", "max_tokens": max_tokens})
+    s.proc.send_signal(signal.SIGTERM)
+    rest = r.read().decode()
+    assert f'"finish_reason":"{reason}"' in rest and rest.endswith("data: [DONE]\n\n"), rest[-300:]
+    assert s.proc.wait(timeout=30) == 0
+
+
 def scenario_shutdown():
-    # In flight at SIGTERM: finishes normally, then the server exits 0.
-    s = Server()
-    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-    c.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "Hello", "max_tokens": 40, "stream": True, "ignore_eos": True}))
-    r = c.getresponse()
-    assert r.readline().startswith(b"data: ")
-    s.proc.send_signal(signal.SIGTERM)
-    rest = r.read().decode()
-    assert '"finish_reason":"length"' in rest and rest.endswith("data: [DONE]\n\n"), rest[-300:]
-    assert s.proc.wait(timeout=30) == 0
+    # In flight at SIGTERM: finishes normally.
+    sigterm_mid_stream([], 40, "length")
     # Past --shutdown-timeout, in-flight requests are cancelled.
-    s = Server("--shutdown-timeout", "0.5")
-    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-    c.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "Hello", "max_tokens": 100000, "stream": True, "ignore_eos": True}))
-    r = c.getresponse()
-    assert r.readline().startswith(b"data: ")
-    s.proc.send_signal(signal.SIGTERM)
-    rest = r.read().decode()
-    assert '"finish_reason":"abort"' in rest and rest.endswith("data: [DONE]\n\n"), rest[-300:]
-    assert s.proc.wait(timeout=30) == 0
+    sigterm_mid_stream(["--shutdown-timeout", "0.5"], 100000, "abort")
 
 
 globals()["scenario_" + SCENARIO]()

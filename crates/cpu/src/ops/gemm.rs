@@ -37,9 +37,14 @@ const KC: usize = 256;
 /// Panels per task: enough work to amortise a task, small enough to balance.
 const PANELS_PER_TASK: usize = 2;
 
-/// Whether [`matmul`] serves `tokens` rows of activations on this CPU.
+/// Whether this CPU has the tiled matmul.
+pub fn available() -> bool {
+    x86::available()
+}
+
+/// Whether [`matmul`] serves a lone batch of `tokens` rows on this CPU.
 pub fn applies(tokens: usize) -> bool {
-    tokens >= GEMM_MIN_TOKENS && x86::available()
+    tokens >= GEMM_MIN_TOKENS && available()
 }
 
 /// Weight types whose blocks carry an offset multiplied by Q8_1's `s`.

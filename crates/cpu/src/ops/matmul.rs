@@ -53,14 +53,13 @@ pub fn matmul(
     let (n, k, m) = (x.rows, w.cols, w.rows);
     out.rows = n;
     let path = quarrel_quant::matmul_path(w.ty, m);
-    let tiled = super::gemm::applies;
     scratch.kernels.clear();
     for g in groups {
         let len = g.rows.len();
         let per_row = |t: usize| match g.kernels {
-            Kernels::Batch if tiled(len) => None,
+            Kernels::Batch if super::gemm::applies(len) => None,
             Kernels::Batch => Some(path.kernel(t, len)),
-            Kernels::PromptRow if tiled(usize::MAX) => None,
+            Kernels::PromptRow if super::gemm::available() => None,
             Kernels::PromptRow | Kernels::TokenRow => Some(path.kernel(0, 1)),
         };
         scratch.kernels.extend((0..len).map(per_row));
