@@ -2,8 +2,9 @@
 //!
 //! Every step makes one forward pass over the next token of each running
 //! sequence plus chunks of prompts (chunked prefill), up to a token budget.
-//! Rows are computed with per-row kernels (`Kernels::PromptRow` for prompt
-//! tokens, `Kernels::TokenRow` for generated ones), so a row's numbers do
+//! Rows are computed with per-row kernels (`Kernels::PromptRow` for the
+//! tokens of long prompts, `Kernels::TokenRow` for generated ones and short
+//! prompts: `Sequence::prompt_kernels`), so a row's numbers do
 //! not depend on what shares its pass, on how its prompt was chunked, or
 //! on what the prefix cache supplied: batched and lone requests give the
 //! same tokens. When a decode step finds no free block, the newest sequence
@@ -378,7 +379,7 @@ impl<B: Backend> Engine<B> {
             // preemption) take their own kernels.
             let split = seq.prompt_len.clamp(from, from + n);
             let parts = [
-                (from..split, Kernels::PromptRow),
+                (from..split, seq.prompt_kernels()),
                 (split..from + n, Kernels::TokenRow),
             ];
             for (range, kernels) in parts {
@@ -514,15 +515,16 @@ impl<B: Backend> Engine<B> {
 }
 
 /// The prefix hash of block `k` of `seq` (its parent's hash must be in
-/// `seq.hashes`). It covers which positions were prompt tokens, as those
-/// are computed by other kernels than generated ones.
+/// `seq.hashes`). It covers which positions were prompt tokens and the
+/// prompt's kernels, as those decide the kernels of each position.
 fn block_hash(blocks: &BlockPool, seq: &Sequence, k: usize) -> u64 {
     let bs = blocks.block_size();
     let parent = if k == 0 { 0 } else { seq.hashes[k - 1] };
     let prompt_part = seq.prompt_len.clamp(k * bs, (k + 1) * bs) - k * bs;
+    let long = u64::from(seq.prompt_kernels() == Kernels::PromptRow);
     blocks.hash(
         parent,
-        prompt_part as u64,
+        prompt_part as u64 | long << 32,
         &seq.tokens[k * bs..(k + 1) * bs],
     )
 }

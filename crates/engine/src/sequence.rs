@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use quarrel_model::Sampler;
+use quarrel_model::{Kernels, Sampler};
 use quarrel_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::request::{Event, GenParams};
+
+/// The shortest prompt computed by the prompt kernels.
+pub const LONG_PROMPT: usize = 32;
 
 pub struct Sequence {
     /// Arrival order: preemption takes the newest first.
@@ -63,6 +66,19 @@ impl Sequence {
             events,
             arrival: Instant::now(),
             last_token: None,
+        }
+    }
+
+    /// The kernels of the prompt's rows. A prompt shorter than
+    /// [`LONG_PROMPT`] runs through the token kernels: the prompt kernels
+    /// (the CPU's tiled matmul) unpack every weight once per pass, which
+    /// only many rows repay. Either way the choice depends on the request
+    /// alone, not on how its prompt is chunked or batched.
+    pub fn prompt_kernels(&self) -> Kernels {
+        if self.prompt_len >= LONG_PROMPT {
+            Kernels::PromptRow
+        } else {
+            Kernels::TokenRow
         }
     }
 

@@ -46,7 +46,9 @@ pub enum Kernels {
     /// one), so a row's numbers never depend on chunking, batching or what
     /// the prefix cache supplied.
     PromptRow,
-    /// Likewise, through the single-token kernels (generated tokens).
+    /// Likewise, through the single-token kernels (generated tokens, and
+    /// prompts too short to repay the prompt kernels). Several such rows
+    /// share each weight block's unpacking, with the same bits.
     TokenRow,
 }
 

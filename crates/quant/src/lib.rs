@@ -13,7 +13,7 @@
 //! - [`matmul_path`], [`quantize_activation_for`] and [`dot`] follow the
 //!   kernels ggml picks per matrix: the repacked Q4_0 / Q4_K gemm and gemv,
 //!   the tiled K-quant matmul for batches of eight or more rows;
-//!   [`dot_multi`] computes several activation rows' outputs at once.
+//!   [`dot_rows`] computes several activation rows' outputs at once.
 //!
 //! The public modules hold scalar models of all of these, in safe code
 //! reading little-endian bytes: the reference, and the fallback. On x86-64
@@ -296,28 +296,83 @@ pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f
     f(n, w, act)
 }
 
-/// [`dot`] for one weight row against `T` activation rows at once:
-/// `out[t]` is bit-identical to `dot(kernel, ty, n, w, act[t])`.
+/// The most activation rows one [`dot_rows`] call takes.
+pub const DOT_ROWS_MAX: usize = 8;
+
+/// How many floats [`pack_act_scales`] writes for up to
+/// [`DOT_ROWS_MAX`] activation rows of `n` elements quantized for weights
+/// of `ty`: 8 lanes per block of Q8_0's d (Q8_1: d, then s) for the
+/// 32-element formats; none for the others.
+pub fn act_scales_len(ty: GgmlType, n: usize) -> usize {
+    match vec_dot_type(ty) {
+        GgmlType::Q8_0 => n / legacy::QK * DOT_ROWS_MAX,
+        GgmlType::Q8_1 => 2 * n / legacy::QK * DOT_ROWS_MAX,
+        _ => 0,
+    }
+}
+
+/// Widens the f16 block scales of up to [`DOT_ROWS_MAX`] activation rows
+/// (`act`, back to back, quantized for weights of `ty` by
+/// [`quantize_activation_for`] with [`DotKernel::VecDot`]) into `out`
+/// ([`act_scales_len`] floats) for [`dot_rows`]: block by block, one lane
+/// per row, so that a weight block's scale multiplies all of them at once.
+pub fn pack_act_scales(ty: GgmlType, n: usize, act: &[u8], out: &mut [f32]) {
+    let dot_ty = vec_dot_type(ty);
+    let (bs, per) = match dot_ty {
+        GgmlType::Q8_0 => (legacy::Q8_0, 1),
+        GgmlType::Q8_1 => (legacy::Q8_1, 2),
+        _ => return,
+    };
+    let stride = n / legacy::QK * bs;
+    assert_eq!(out.len(), act_scales_len(ty, n), "activation scales length");
+    assert!(
+        act.len() <= DOT_ROWS_MAX * stride,
+        "at most {DOT_ROWS_MAX} rows"
+    );
+    out.fill(0.0);
+    for (t, row) in act.chunks_exact(stride).enumerate() {
+        for (blk, o) in row
+            .chunks_exact(bs)
+            .zip(out.chunks_exact_mut(per * DOT_ROWS_MAX))
+        {
+            for j in 0..per {
+                let bits = [blk[2 * j], blk[2 * j + 1]];
+                o[j * DOT_ROWS_MAX + t] = half::f16::from_le_bytes(bits).to_f32();
+            }
+        }
+    }
+}
+
+/// [`dot`] for one weight row against `out.len()` (at most
+/// [`DOT_ROWS_MAX`]) activation rows quantized for `kernel`, stored back
+/// to back in `act`, with their scales packed by [`pack_act_scales`]:
+/// `out[t]` is bit-identical to `dot(kernel, ty, n, w, row t)`.
 ///
-/// On x86 with AVX2, the 32-element formats with four activation rows run a
-/// kernel that unpacks each weight block once for all four and overlaps
-/// their FMA chains; otherwise this computes one [`dot`] per row.
-pub fn dot_multi<const T: usize>(
+/// On x86 with AVX2, the 32-element formats, Q6_K and the repacked Q4_K
+/// gemv run kernels that unpack each weight block once for all the rows and
+/// overlap their chains (the batched decode of several sequences);
+/// otherwise this is one [`dot`] per row.
+pub fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
     w: &[u8],
-    act: [&[u8]; T],
-) -> [f32; T] {
+    act: &[u8],
+    scales: &[f32],
+    out: &mut [f32],
+) {
+    assert!(out.len() <= DOT_ROWS_MAX, "at most {DOT_ROWS_MAX} rows");
+    let stride = vec_dot_type(ty)
+        .row_bytes(n as u64)
+        .expect("row length checked by the caller") as usize;
+    assert_eq!(act.len(), out.len() * stride, "activation rows length");
     #[cfg(target_arch = "x86_64")]
-    if let (DotKernel::VecDot, Ok(four)) = (kernel, <[&[u8]; 4]>::try_from(&act[..])) {
-        if let Some(out) = x86::vec_dot_1x4(ty, n, w, four) {
-            let mut res = [0f32; T];
-            res.copy_from_slice(&out);
-            return res;
-        }
+    if out.len() > 1 && x86::dot_rows(kernel, ty, n, w, (act, stride), scales, out) {
+        return;
     }
-    act.map(|a| dot(kernel, ty, n, w, a))
+    for (o, a) in out.iter_mut().zip(act.chunks_exact(stride)) {
+        *o = dot(kernel, ty, n, w, a);
+    }
 }
 
 /// Dot product of one weight row (`n` elements, type `ty`) with one activation row already quantized to

@@ -8,9 +8,9 @@
 //! scalar models and the tests prove nothing (they say so on stderr).
 
 use quarrel_quant::{
-    dequantize_row, dequantize_row_scalar, dot, dot_multi, float, k_quants, legacy,
-    quantize_activation, quantize_activation_for, quantize_activation_scalar, vec_dot,
-    vec_dot_scalar, vec_dot_type, DotKernel, GgmlType,
+    act_scales_len, dequantize_row, dequantize_row_scalar, dot, dot_rows, float, k_quants, legacy,
+    pack_act_scales, quantize_activation, quantize_activation_for, quantize_activation_scalar,
+    vec_dot, vec_dot_scalar, vec_dot_type, DotKernel, GgmlType, DOT_ROWS_MAX,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -299,7 +299,7 @@ fn tiled_dots_match_scalar_models() {
 }
 
 #[test]
-fn dot_multi_matches_single_dots() {
+fn dot_rows_matches_single_dots() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let kernels = |ty: GgmlType| match ty {
@@ -318,29 +318,27 @@ fn dot_multi_matches_single_dots() {
         for kernel in kernels(ty) {
             for n in lengths(ty) {
                 let w = random_row(&mut rng, ty, n);
-                let acts: Vec<Vec<u8>> = (0..4)
-                    .map(|_| {
-                        let mut a = bytes_for(act_ty, n);
-                        quantize_activation_for(kernel, ty, &normals(&mut rng, n), &mut a).unwrap();
-                        a
-                    })
-                    .collect();
-                let single: Vec<f32> = acts.iter().map(|a| dot(kernel, ty, n, &w, a)).collect();
-                let four = dot_multi(kernel, ty, n, &w, [&acts[0], &acts[1], &acts[2], &acts[3]]);
-                let three = dot_multi(kernel, ty, n, &w, [&acts[0], &acts[1], &acts[2]]);
-                for (t, &s) in single.iter().enumerate() {
-                    assert_eq!(
-                        four[t].to_bits(),
-                        s.to_bits(),
-                        "seed {seed}: {ty} {kernel:?} n={n} row {t} of 4"
-                    );
+                let mut acts = Vec::new();
+                let mut single = Vec::new();
+                for _ in 0..DOT_ROWS_MAX {
+                    let mut a = bytes_for(act_ty, n);
+                    quantize_activation_for(kernel, ty, &normals(&mut rng, n), &mut a).unwrap();
+                    single.push(dot(kernel, ty, n, &w, &a));
+                    acts.extend_from_slice(&a);
                 }
-                for (t, &s) in single.iter().take(3).enumerate() {
-                    assert_eq!(
-                        three[t].to_bits(),
-                        s.to_bits(),
-                        "seed {seed}: {ty} n={n} of 3"
-                    );
+                let row = acts.len() / DOT_ROWS_MAX;
+                for rows in 1..=DOT_ROWS_MAX {
+                    let mut out = vec![f32::NAN; rows];
+                    let mut scales = vec![f32::NAN; act_scales_len(ty, n)];
+                    pack_act_scales(ty, n, &acts[..rows * row], &mut scales);
+                    dot_rows(kernel, ty, n, &w, &acts[..rows * row], &scales, &mut out);
+                    for (t, (&got, &want)) in out.iter().zip(&single).enumerate() {
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "seed {seed}: {ty} {kernel:?} n={n} row {t} of {rows}"
+                        );
+                    }
                 }
             }
         }

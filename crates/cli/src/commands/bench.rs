@@ -4,12 +4,16 @@
 //! test runs once to warm up, then `-r` times; the table reports mean ±
 //! standard deviation of tokens/s, and `--format json` uses llama-bench's
 //! field names so its comparison scripts read either engine.
+//!
+//! `--parallel N` makes tg decode N sequences together, one token each per
+//! pass through the per-row kernels the server's batches use (as
+//! llama-batched-bench's S_TG): tokens/s counts the tokens of all N.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use quarrel_model::{Backend, Session};
+use quarrel_model::{Backend, Batch, Kernels, Model, SeqRows, Session};
 use serde::Serialize;
 
 use crate::load;
@@ -50,6 +54,9 @@ pub struct BenchArgs {
     /// Tokens per forward pass while reading a prompt.
     #[arg(short = 'u', long = "ubatch-size", default_value_t = 512)]
     pub ubatch: usize,
+    /// Sequences decoded together in tg tests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub parallel: u64,
     #[arg(short = 'o', long = "format", value_enum, default_value = "md")]
     pub format: BenchFormat,
 }
@@ -66,6 +73,7 @@ struct BenchResult {
     n_ubatch: usize,
     n_prompt: usize,
     n_gen: usize,
+    n_parallel: usize,
     test_time: String,
     avg_ns: u64,
     stddev_ns: u64,
@@ -131,7 +139,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .chain(args.n_gen.iter().filter(|&&g| g > 0).map(|&g| (0, g)))
         .collect();
     let n_ctx = tests.iter().map(|(p, g)| p + g).max().unwrap_or(1);
+    let n_par = args.parallel as usize;
     let mut session = Session::new(model, n_ctx, args.ubatch);
+    let mut parallel = (n_par > 1).then(|| ParallelDecode::new(model, n_par, n_ctx));
     let mut logits = Vec::new();
     let mut results = Vec::new();
     for (n_prompt, n_gen) in tests {
@@ -142,6 +152,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             if n_prompt > 0 {
                 let toks = random_tokens(n_prompt, cfg.n_vocab, rep as u64);
                 session.eval(&toks, false, &mut logits, None)?;
+            } else if let Some(par) = parallel.as_mut() {
+                par.run(model, loaded.tokenizer.bos().unwrap_or(0), n_gen)?;
             } else {
                 let mut tok = loaded.tokenizer.bos().unwrap_or(0);
                 for _ in 0..n_gen {
@@ -152,11 +164,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let secs = t0.elapsed().as_secs_f64();
             // The first run warms caches and pages the weights in.
             if rep > 0 {
-                samples.push((n_prompt + n_gen) as f64 / secs);
+                let n_seqs = if n_gen > 0 { n_par } else { 1 };
+                samples.push((n_prompt + n_gen * n_seqs) as f64 / secs);
             }
         }
         let (avg, std) = mean_std(&samples);
-        let n_tok = (n_prompt + n_gen) as f64;
+        let n_seqs = if n_gen > 0 { n_par } else { 1 };
+        let n_tok = (n_prompt + n_gen * n_seqs) as f64;
         results.push(BenchResult {
             engine: concat!("quarrel ", env!("CARGO_PKG_VERSION")),
             model_filename: path
@@ -170,6 +184,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             n_ubatch: args.ubatch,
             n_prompt,
             n_gen,
+            n_parallel: n_seqs,
             test_time: chrono_free_utc_now(),
             avg_ns: (n_tok / avg * 1e9) as u64,
             stddev_ns: if avg > 0.0 {
@@ -191,6 +206,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let r = results.last().expect("just pushed");
             let test = if n_prompt > 0 {
                 format!("pp{n_prompt}")
+            } else if n_par > 1 {
+                format!("tg{n_gen} ×{n_par}")
             } else {
                 format!("tg{n_gen}")
             };
@@ -212,6 +229,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
+}
+
+/// Greedy decode of several sequences in lockstep, one row each per pass.
+struct ParallelDecode<B: Backend> {
+    cache: B::KvCache,
+    scratch: quarrel_model::Scratch<B>,
+    /// Sequence s owns slots s·n_ctx .. (s + 1)·n_ctx.
+    slots: Vec<u32>,
+    n_ctx: usize,
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    outputs: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> ParallelDecode<B> {
+    fn new(model: &Model<B>, n_seq: usize, n_ctx: usize) -> Self {
+        ParallelDecode {
+            cache: model.new_kv_cache(n_seq * n_ctx),
+            scratch: model.new_scratch(n_seq, n_seq),
+            slots: (0..(n_seq * n_ctx) as u32).collect(),
+            n_ctx,
+            tokens: Vec::with_capacity(n_seq),
+            positions: vec![0; n_seq],
+            outputs: (0..n_seq).collect(),
+            logits: vec![0.0; n_seq * model.config.n_vocab],
+        }
+    }
+
+    fn run(&mut self, model: &Model<B>, first: u32, n_gen: usize) -> Result<()> {
+        let n_seq = self.outputs.len();
+        let n_vocab = model.config.n_vocab;
+        self.tokens.clear();
+        self.tokens.resize(n_seq, first);
+        for pos in 0..n_gen.min(self.n_ctx) {
+            self.positions.fill(pos as u32);
+            let seqs: Vec<SeqRows> = (0..n_seq)
+                .map(|s| SeqRows {
+                    rows: s..s + 1,
+                    slots: &self.slots[s * self.n_ctx..][..=pos],
+                    kernels: Kernels::TokenRow,
+                })
+                .collect();
+            let batch = Batch {
+                tokens: &self.tokens,
+                positions: &self.positions,
+                seqs: &seqs,
+                outputs: &self.outputs,
+            };
+            model.forward(&batch, &mut self.cache, &mut self.scratch, None)?;
+            model.read_logits(&self.scratch, &mut self.logits);
+            for (tok, logits) in self.tokens.iter_mut().zip(self.logits.chunks(n_vocab)) {
+                *tok = quarrel_model::sampler::argmax(logits);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// RFC 3339 UTC time from the system clock (no date crate needed).

@@ -3,8 +3,9 @@
 //! Activations are quantized once per row to the weight type's dot type
 //! (Q8_0, Q8_1 or Q8_K, as ggml does); then each thread streams a
 //! contiguous range of weight rows and dots every row with every token,
-//! four tokens at a time where it can ([`quarrel_quant::dot_multi`]: each
-//! weight block unpacked once for the four; same bits as single dots).
+//! up to eight tokens at a time where they share a kernel
+//! ([`quarrel_quant::dot_rows`]: each weight block unpacked once for all of
+//! them; the same bits as single dots).
 //! Which kernel (and which activation quantizer) serves a token follows
 //! ggml's x86 path for the matrix: repacked Q4_0 / Q4_K matrices use the
 //! gemm for whole groups of four tokens and the gemv for the rest; other
@@ -25,8 +26,13 @@ pub struct MatmulScratch {
     act: Vec<u8>,
     /// Activations rounded through the dot type, for the tiled matmul.
     xq: Vec<f32>,
+    /// The activations' block scales as f32 ([`quarrel_quant::act_scales`]).
+    scales: Vec<f32>,
     /// The integer kernel of each row; None for rows the tiled matmul takes.
     kernels: Vec<Option<DotKernel>>,
+    /// Runs of consecutive rows sharing a kernel, at most
+    /// [`quarrel_quant::DOT_ROWS_MAX`] long: (first row, rows, kernel).
+    runs: Vec<(usize, usize, DotKernel)>,
 }
 
 impl MatmulScratch {
@@ -34,7 +40,9 @@ impl MatmulScratch {
         MatmulScratch {
             act: Vec::new(),
             xq: Vec::new(),
+            scales: Vec::new(),
             kernels: Vec::new(),
+            runs: Vec::new(),
         }
     }
 }
@@ -99,33 +107,50 @@ pub fn matmul(
             quarrel_quant::quantize_activation_for(kernel, w.ty, src, dst).expect("sizes match");
         }
     });
-    let act = &scratch.act;
-    let token = |t: usize| &act[t * act_row..(t + 1) * act_row];
+    scratch.runs.clear();
+    let mut t = 0;
+    while t < n {
+        let Some(kernel) = kernels[t] else {
+            t += 1;
+            continue;
+        };
+        match scratch.runs.last_mut() {
+            Some((t0, len, k))
+                if *k == kernel && *t0 + *len == t && *len < quarrel_quant::DOT_ROWS_MAX =>
+            {
+                *len += 1
+            }
+            _ => scratch.runs.push((t, 1, kernel)),
+        }
+        t += 1;
+    }
+    // Each run's activation scales, widened once for every weight row.
+    let per = quarrel_quant::act_scales_len(w.ty, k);
+    scratch.scales.resize(scratch.runs.len() * per, 0.0);
+    if per > 0 {
+        for (&(t0, len, _), s) in scratch
+            .runs
+            .iter()
+            .zip(scratch.scales.chunks_exact_mut(per))
+        {
+            let a = &scratch.act[t0 * act_row..(t0 + len) * act_row];
+            quarrel_quant::pack_act_scales(w.ty, k, a, s);
+        }
+    }
+    let (act, scales, runs) = (&scratch.act, &scratch.scales, &scratch.runs);
     let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
     let out = ColumnSplit::new(out.live_mut(), m);
     pool.for_each(m.div_ceil(rows), |task| {
+        let mut o = [0f32; quarrel_quant::DOT_ROWS_MAX];
         for r in task * rows..((task + 1) * rows).min(m) {
             let wr = w.row(r);
-            let mut t = 0;
-            while t < n {
-                let Some(kernel) = kernels[t] else {
-                    t += 1;
-                    continue;
-                };
-                // Four tokens at a time where they share a kernel.
-                if t + 4 <= n && kernels[t + 1..t + 4].iter().all(|&k| k == Some(kernel)) {
-                    let a = [token(t), token(t + 1), token(t + 2), token(t + 3)];
-                    let o = quarrel_quant::dot_multi(kernel, w.ty, k, wr, a);
-                    for (i, v) in o.into_iter().enumerate() {
-                        // SAFETY: weight row r, output column r, is this task's.
-                        unsafe { out.set(t + i, r, v) };
-                    }
-                    t += 4;
-                } else {
-                    let v = quarrel_quant::dot(kernel, w.ty, k, wr, token(t));
-                    // SAFETY: as above.
-                    unsafe { out.set(t, r, v) };
-                    t += 1;
+            for (j, &(t0, len, kernel)) in runs.iter().enumerate() {
+                let a = &act[t0 * act_row..(t0 + len) * act_row];
+                let s = &scales[j * per..(j + 1) * per];
+                quarrel_quant::dot_rows(kernel, w.ty, k, wr, a, s, &mut o[..len]);
+                for (i, &v) in o[..len].iter().enumerate() {
+                    // SAFETY: weight row r, output column r, is this task's.
+                    unsafe { out.set(t0 + i, r, v) };
                 }
             }
         }

@@ -197,27 +197,71 @@ pub(super) fn vec_dot_q5_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     hsum_float_8(acc) + summs
 }
 
+/// A Q6_K super-block unpacked once for any number of activation blocks.
+struct Q6Block {
+    d: f32,
+    quants: [__m256i; 8],
+    scales: [__m256i; 8],
+    /// The 16 scales as i16, for the offset term.
+    scales_i16: __m256i,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q6_unpack(bx: &[u8]) -> Q6Block {
+    let sc = bytes::<16>(bx, 192);
+    Q6Block {
+        d: f16_at(bx, 208),
+        quants: std::array::from_fn(|c| q6_chunk(bx, c)),
+        scales: std::array::from_fn(|c| {
+            scales_16x2(i32::from(sc[2 * c] as i8), i32::from(sc[2 * c + 1] as i8))
+        }),
+        scales_i16: _mm256_cvtepi8_epi16(load_128(sc)),
+    }
+}
+
+/// ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, one super-block into `acc`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q6_step(b: &Q6Block, by: &[u8], acc: __m256) -> __m256 {
+    let d = f32_le(by) * b.d;
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..8 {
+        sumi = _mm256_add_epi32(sumi, scaled_chunk(b.quants[c], by, c, b.scales[c]));
+    }
+    // The quants are stored plus 32: subtract 32 * scale * (block sums).
+    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8_bsums(by), b.scales_i16));
+    sumi = _mm256_sub_epi32(sumi, offset);
+    _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     check(n, x.len(), Q6_K_BYTES);
     check(n, y.len(), Q8_K_BYTES);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.chunks_exact(Q6_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
-        let d = f32_le(by) * f16_at(bx, 208);
-        let sc = bytes::<16>(bx, 192);
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..8 {
-            let q = q6_chunk(bx, c);
-            let s = scales_16x2(i32::from(sc[2 * c] as i8), i32::from(sc[2 * c + 1] as i8));
-            sumi = _mm256_add_epi32(sumi, scaled_chunk(q, by, c, s));
-        }
-        // The quants are stored plus 32: subtract 32 * scale * (block sums).
-        let scales = _mm256_cvtepi8_epi16(load_128(sc));
-        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8_bsums(by), scales));
-        sumi = _mm256_sub_epi32(sumi, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = q6_step(&q6_unpack(bx), by, acc);
     }
     hsum_float_8(acc)
+}
+
+/// [`vec_dot_q6_k_q8_k`] for one weight row against `N` activation rows
+/// back to back in `y`: each super-block is unpacked once for all of them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], y: &[u8]) -> [f32; N] {
+    check(n, x.len(), Q6_K_BYTES);
+    check(n * N, y.len(), Q8_K_BYTES);
+    let nb = n / QK_K;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, bx) in x.chunks_exact(Q6_K_BYTES).enumerate() {
+        let b = q6_unpack(bx);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let by = &y[(t * nb + i) * Q8_K_BYTES..][..Q8_K_BYTES];
+            *acc = q6_step(&b, by, *acc);
+        }
+    }
+    acc.map(|a| hsum_float_8(a))
 }
 
 /// The unsigned 6-bit quants of chunk `c` of a Q6_K block: elements
@@ -238,45 +282,97 @@ fn q6_chunk(bx: &[u8], c: usize) -> __m256i {
     _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
 }
 
-/// The repacked Q4_K kernels' output (`crate::k_quants::gemv_q4_k_q8_k`,
-/// `gemm_q4_k_q8_k`): integer sums per pair of sub-blocks, accumulated
-/// per pair (`per_pair`, the gemm) or per super-block (the gemv).
+/// A Q4_K super-block unpacked for the repacked kernels' arithmetic.
+struct K4Block {
+    d: f32,
+    m: f32,
+    /// Sub-block j's unsigned quants and its scale in every i16 lane.
+    quants: [__m256i; 8],
+    scales: [__m256i; 8],
+    mins: [(u8, u8); 8],
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn k4_unpack(bx: &[u8]) -> K4Block {
+    let [d, m] = f16_pair(bx, 0, bx, 2);
+    let sm = scales_mins(bytes::<12>(bx, 4));
+    K4Block {
+        d,
+        m,
+        quants: std::array::from_fn(|j| {
+            let raw = load_256(bytes(bx, 16 + 32 * (j / 2)));
+            let raw = if j % 2 == 0 {
+                raw
+            } else {
+                _mm256_srli_epi16::<4>(raw)
+            };
+            _mm256_and_si256(raw, _mm256_set1_epi8(0xF))
+        }),
+        scales: std::array::from_fn(|j| scales_16x2(i32::from(sm[j].0), i32::from(sm[j].0))),
+        mins: sm,
+    }
+}
+
+/// One super-block of the repacked Q4_K kernels
+/// (`crate::k_quants::gemv_q4_k_q8_k`, `gemm_q4_k_q8_k`): integer sums per
+/// pair of sub-blocks, accumulated per pair (`per_pair`, the gemm) or per
+/// super-block (the gemv), into (acc, acc_min).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn k4_repacked_step(b: &K4Block, by: &[u8], per_pair: bool, acc: &mut (f32, f32)) {
+    let d8 = f32_le(by);
+    let (d, dmin) = (b.d * d8, b.m * d8);
+    // Lane p: min_2p * sum_2p + min_2p+1 * sum_2p+1, the pair's mins term.
+    let mins = i32x4(k4_mins(by, &b.mins));
+    let (mut lanes, mut imin) = (_mm256_setzero_si256(), 0i32);
+    for (p, &pair_min) in mins.iter().enumerate() {
+        let pair = _mm256_add_epi32(
+            scaled_chunk(b.quants[2 * p], by, 2 * p, b.scales[2 * p]),
+            scaled_chunk(b.quants[2 * p + 1], by, 2 * p + 1, b.scales[2 * p + 1]),
+        );
+        if per_pair {
+            acc.0 = (hsum_i32_8(pair) as f32).mul_add(d, acc.0);
+            acc.1 = (pair_min as f32).mul_add(dmin, acc.1);
+        } else {
+            lanes = _mm256_add_epi32(lanes, pair);
+            imin += pair_min;
+        }
+    }
+    if !per_pair {
+        acc.0 = (hsum_i32_8(lanes) as f32).mul_add(d, acc.0);
+        acc.1 = (imin as f32).mul_add(dmin, acc.1);
+    }
+}
+
+/// The repacked Q4_K kernels' output for one activation row.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) -> f32 {
     check(n, x.len(), Q4_K_BYTES);
     check(n, y.len(), Q8_K_BYTES);
-    let (mut acc, mut acc_min) = (0f32, 0f32);
+    let mut acc = (0f32, 0f32);
     for (bx, by) in x.chunks_exact(Q4_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
-        let d8 = f32_le(by);
-        let [dx, mx] = f16_pair(bx, 0, bx, 2);
-        let (d, dmin) = (dx * d8, mx * d8);
-        let sm = scales_mins(bytes::<12>(bx, 4));
-        // Lane p: min_2p * sum_2p + min_2p+1 * sum_2p+1, the pair's mins term.
-        let mins = i32x4(k4_mins(by, &sm));
-        let (mut lanes, mut imin) = (_mm256_setzero_si256(), 0i32);
-        for (p, &pair_min) in mins.iter().enumerate() {
-            let raw = load_256(bytes(bx, 16 + 32 * p));
-            let lo = _mm256_and_si256(raw, _mm256_set1_epi8(0xF));
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), _mm256_set1_epi8(0xF));
-            let (s_lo, s_hi) = (i32::from(sm[2 * p].0), i32::from(sm[2 * p + 1].0));
-            let pair = _mm256_add_epi32(
-                scaled_chunk(lo, by, 2 * p, scales_16x2(s_lo, s_lo)),
-                scaled_chunk(hi, by, 2 * p + 1, scales_16x2(s_hi, s_hi)),
-            );
-            if per_pair {
-                acc = (hsum_i32_8(pair) as f32).mul_add(d, acc);
-                acc_min = (pair_min as f32).mul_add(dmin, acc_min);
-            } else {
-                lanes = _mm256_add_epi32(lanes, pair);
-                imin += pair_min;
-            }
-        }
-        if !per_pair {
-            acc = (hsum_i32_8(lanes) as f32).mul_add(d, acc);
-            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        k4_repacked_step(&k4_unpack(bx), by, per_pair, &mut acc);
+    }
+    acc.0 - acc.1
+}
+
+/// The repacked Q4_K gemv's output for `N` activation rows back to back in
+/// `y`: each super-block is unpacked once for all of them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4_k_gemv_1xn<const N: usize>(n: usize, x: &[u8], y: &[u8]) -> [f32; N] {
+    check(n, x.len(), Q4_K_BYTES);
+    check(n * N, y.len(), Q8_K_BYTES);
+    let nb = n / QK_K;
+    let mut acc = [(0f32, 0f32); N];
+    for (i, bx) in x.chunks_exact(Q4_K_BYTES).enumerate() {
+        let b = k4_unpack(bx);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let by = &y[(t * nb + i) * Q8_K_BYTES..][..Q8_K_BYTES];
+            k4_repacked_step(&b, by, false, acc);
         }
     }
-    acc - acc_min
+    acc.map(|(a, m)| a - m)
 }
 
 // ------------------------------------------------------------ tiled matmul

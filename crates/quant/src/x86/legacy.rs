@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use super::{
     bytes, bytes_from_bits_32, f16_at, f16_bits, f16_pair, f16x2_at, hsum_float_8, hsum_i32_8,
     load_256, load_ps, mul_sum_i8_pairs, mul_sum_us8_pairs, nibbles_32, store_256, store_i8x32,
-    Affine,
+    store_ps, Affine,
 };
 use crate::legacy::{check, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, QK};
 
@@ -108,45 +108,86 @@ pub(super) fn vec_dot<const F: u8>(n: usize, x: &[u8], y: &[u8]) -> f32 {
     finish::<F>(acc, summs)
 }
 
-/// [`vec_dot`] for one weight row against four activation rows: each
-/// weight block is unpacked once, and the four independent FMA chains
-/// overlap. Each output is bit-identical to the one-row kernel's. (Four
-/// weight rows against one activation would overlap the chains as well,
-/// but streaming four rows at once defeats the prefetchers: slower.)
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn vec_dot_1x4<const F: u8>(n: usize, x: &[u8], y: [&[u8]; 4]) -> [f32; 4] {
-    let (wb, ab, _) = layout(F);
-    check(n, x.len(), wb);
-    for y in y {
-        check(n, y.len(), ab);
-    }
-    let (mut a0, mut a1, mut a2, mut a3) = (
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-        _mm256_setzero_ps(),
-    );
-    let (mut s0, mut s1, mut s2, mut s3) = (0f32, 0f32, 0f32, 0f32);
-    for (i, bx) in x.chunks_exact(wb).enumerate() {
-        let qx = weight_quants::<F>(bx);
-        let blk = i * ab..(i + 1) * ab;
-        let (b0, b1, b2, b3) = (
-            &y[0][blk.clone()],
-            &y[1][blk.clone()],
-            &y[2][blk.clone()],
-            &y[3][blk],
+/// `*x` in all eight lanes by `vbroadcastss` from memory: a load, where
+/// LLVM would otherwise turn a just-stored vector's lane into a shuffle on
+/// the ports the integer dot products need.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn broadcast_from_memory(x: &f32) -> __m256 {
+    let v: __m256;
+    // SAFETY: reads the four bytes of a live f32; no stack, no flags.
+    unsafe {
+        std::arch::asm!(
+            "vbroadcastss {v}, dword ptr [{p}]",
+            v = out(ymm_reg) v,
+            p = in(reg) x,
+            options(pure, readonly, nostack, preserves_flags),
         );
-        step!(F, bx, b0, qx, load_256(bytes(b0, ab - 32)), a0, s0);
-        step!(F, bx, b1, qx, load_256(bytes(b1, ab - 32)), a1, s1);
-        step!(F, bx, b2, qx, load_256(bytes(b2, ab - 32)), a2, s2);
-        step!(F, bx, b3, qx, load_256(bytes(b3, ab - 32)), a3, s3);
     }
-    [
-        finish::<F>(a0, s0),
-        finish::<F>(a1, s1),
-        finish::<F>(a2, s2),
-        finish::<F>(a3, s3),
-    ]
+    v
+}
+
+/// [`vec_dot`] for one weight row against `N` (at most 8) activation rows,
+/// `ys` bytes apart in `y`, with their block scales widened to f32 by
+/// `crate::pack_act_scales` in `d`: per block, the `N` rows' d in 8 lanes
+/// (then their s in 8 more, for formats with a min). Each weight block is
+/// unpacked once for all `N`, the `N` scale products are one vector
+/// multiply, and the `N` FMA chains overlap; each output is bit-identical
+/// to the one-row kernel's (the same integer lanes, the same f32 product of
+/// the two scales, the same FMAs).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
+    n: usize,
+    x: &[u8],
+    y: &[u8],
+    ys: usize,
+    d: &[f32],
+) -> [f32; N] {
+    let (wb, ab, with_min) = layout(F);
+    check(n, x.len(), wb);
+    let nb = n / QK;
+    let lanes = if with_min { 16 } else { 8 };
+    assert!(N <= 8, "at most eight rows");
+    assert!(
+        ys >= nb * ab && y.len() >= (N - 1) * ys + nb * ab,
+        "activation rows"
+    );
+    assert_eq!(d.len(), nb * lanes, "activation scales");
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = _mm256_setzero_ps();
+    // The scale products of a block, aligned so that the broadcasts read
+    // them back from one cache line.
+    #[repr(align(32))]
+    struct Lanes([f32; 8]);
+    let mut dd = Lanes([0.0; 8]);
+    for ((i, bx), dy) in x.chunks_exact(wb).enumerate().zip(d.chunks_exact(lanes)) {
+        let qx = weight_quants::<F>(bx);
+        // (d, m), or d and two quant bytes: one 32-bit load, no merge into
+        // a live register (see `f16_pair`).
+        let dm = f16x2_at(bx, 0);
+        let dx = _mm256_broadcastss_ps(dm);
+        store_ps(&mut dd.0, 0, _mm256_mul_ps(dx, load_ps(dy, 0)));
+        let ax = _mm256_sign_epi8(qx, qx);
+        if with_min {
+            // ggml's scalar `summs += m * s`, FMA-contracted, one lane per row.
+            let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            summs = _mm256_fmadd_ps(m, load_ps(dy, 8), summs);
+        }
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: the asserts above keep block i of row t in bounds.
+            let qy =
+                unsafe { _mm256_loadu_si256(y.as_ptr().add(t * ys + i * ab + ab - 32).cast()) };
+            let p = if with_min {
+                mul_sum_us8_pairs(qx, qy)
+            } else {
+                mul_sum_us8_pairs(ax, _mm256_sign_epi8(qy, qx))
+            };
+            *acc = _mm256_fmadd_ps(broadcast_from_memory(&dd.0[t]), _mm256_cvtepi32_ps(p), *acc);
+        }
+    }
+    let mut s = [0f32; 8];
+    store_ps(&mut s, 0, summs);
+    std::array::from_fn(|t| finish::<F>(acc[t], s[t]))
 }
 
 /// The repacked Q4_0 kernels' output (`crate::legacy::gemv_q4_0_q8_0`):

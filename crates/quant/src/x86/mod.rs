@@ -278,16 +278,16 @@ fn bit_set(v: __m256i, mask: u8) -> __m256i {
 
 /// Runs legacy kernel `$kernel` monomorphised for the format selector `$f`.
 macro_rules! by_format {
-    ($f:expr, $kernel:ident, $($arg:expr),*) => {
+    ($f:expr, $kernel:ident, $($arg:expr),* $(; $n:literal)?) => {
         // SAFETY (each call): the caller checked `available()` (AVX2, FMA,
         // F16C); the kernels check slice lengths themselves.
         unsafe {
             match $f {
-                legacy::Q4_0_T => legacy::$kernel::<{ legacy::Q4_0_T }>($($arg),*),
-                legacy::Q4_1_T => legacy::$kernel::<{ legacy::Q4_1_T }>($($arg),*),
-                legacy::Q5_0_T => legacy::$kernel::<{ legacy::Q5_0_T }>($($arg),*),
-                legacy::Q5_1_T => legacy::$kernel::<{ legacy::Q5_1_T }>($($arg),*),
-                _ => legacy::$kernel::<{ legacy::Q8_0_T }>($($arg),*),
+                legacy::Q4_0_T => legacy::$kernel::<{ legacy::Q4_0_T } $(, $n)?>($($arg),*),
+                legacy::Q4_1_T => legacy::$kernel::<{ legacy::Q4_1_T } $(, $n)?>($($arg),*),
+                legacy::Q5_0_T => legacy::$kernel::<{ legacy::Q5_0_T } $(, $n)?>($($arg),*),
+                legacy::Q5_1_T => legacy::$kernel::<{ legacy::Q5_1_T } $(, $n)?>($($arg),*),
+                _ => legacy::$kernel::<{ legacy::Q8_0_T } $(, $n)?>($($arg),*),
             }
         }
     };
@@ -319,11 +319,53 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32>
     })
 }
 
-/// `crate::dot_multi` for `ty`: one weight row against four activation
-/// rows (the 32-element formats).
-pub(crate) fn vec_dot_1x4(ty: GgmlType, n: usize, x: &[u8], y: [&[u8]; 4]) -> Option<[f32; 4]> {
-    let f = legacy_format(ty)?;
-    available().then(|| by_format!(f, vec_dot_1x4, n, x, y))
+/// `crate::dot_rows` where a kernel unpacks each weight block once for
+/// all the rows: the 32-element formats, Q6_K, and the repacked Q4_K gemv.
+/// Returns whether it ran.
+pub(crate) fn dot_rows(
+    kernel: DotKernel,
+    ty: GgmlType,
+    n: usize,
+    x: &[u8],
+    (y, ys): (&[u8], usize),
+    d: &[f32],
+    out: &mut [f32],
+) -> bool {
+    if !available() {
+        return false;
+    }
+    /// A const-generic kernel call for each row count.
+    macro_rules! by_rows {
+        ($call:ident!($($arg:tt)*)) => {
+            match out.len() {
+                1 => out.copy_from_slice(&$call!($($arg)*; 1)),
+                2 => out.copy_from_slice(&$call!($($arg)*; 2)),
+                3 => out.copy_from_slice(&$call!($($arg)*; 3)),
+                4 => out.copy_from_slice(&$call!($($arg)*; 4)),
+                5 => out.copy_from_slice(&$call!($($arg)*; 5)),
+                6 => out.copy_from_slice(&$call!($($arg)*; 6)),
+                7 => out.copy_from_slice(&$call!($($arg)*; 7)),
+                8 => out.copy_from_slice(&$call!($($arg)*; 8)),
+                _ => panic!("at most {} rows per call", crate::DOT_ROWS_MAX),
+            }
+        };
+    }
+    macro_rules! k_quant {
+        ($kernel:ident, $($arg:expr),*; $n:literal) => {
+            // SAFETY: `available()` checked AVX2, FMA and F16C; the kernel
+            // checks slice lengths itself.
+            unsafe { k_quants::$kernel::<$n>($($arg),*) }
+        };
+    }
+    match (kernel, ty, legacy_format(ty)) {
+        (DotKernel::VecDot, _, Some(f)) => by_rows!(by_format!(f, vec_dot_1xn, n, x, y, ys, d)),
+        (DotKernel::VecDot, GgmlType::Q6K, _) => {
+            by_rows!(k_quant!(vec_dot_q6_k_q8_k_1xn, n, x, y))
+        }
+        (DotKernel::Gemv, GgmlType::Q4K, _) => by_rows!(k_quant!(q4_k_gemv_1xn, n, x, y)),
+        _ => return false,
+    }
+    true
 }
 
 /// The const-generic selector of a 32-element format.
