@@ -93,6 +93,15 @@ impl Backend for CpuBackend {
         CpuKvCache::slot_bytes(n_layer, k_dim, v_dim)
     }
 
+    fn prompt_kernels_min_rows(&self) -> usize {
+        // The tiled matmul unpacks every weight once per pass.
+        if ops::gemm::available() {
+            ops::gemm::GEMM_MIN_TOKENS
+        } else {
+            usize::MAX
+        }
+    }
+
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuTensor) {
         out.rows = tokens.len();
         let cols = out.cols;

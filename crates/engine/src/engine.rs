@@ -4,7 +4,7 @@
 //! sequence plus chunks of prompts (chunked prefill), up to a token budget.
 //! Rows are computed with per-row kernels (`Kernels::PromptRow` for the
 //! tokens of long prompts, `Kernels::TokenRow` for generated ones and short
-//! prompts: `Sequence::prompt_kernels`), so a row's numbers do
+//! prompts: `Backend::prompt_kernels_min_rows`), so a row's numbers do
 //! not depend on what shares its pass, on how its prompt was chunked, or
 //! on what the prefix cache supplied: batched and lone requests give the
 //! same tokens. When a decode step finds no free block, the newest sequence
@@ -161,14 +161,20 @@ impl<B: Backend> Engine<B> {
 
     fn accept(&mut self, req: Request) {
         let n_vocab = self.model.config.n_vocab;
-        let mut sampler = Sampler::new(req.params.sampler.clone(), n_vocab);
+        let mut sampler = Sampler::new(req.params.sampler, n_vocab);
         for &t in &req.prompt {
             sampler.accept(t);
         }
         self.next_id += 1;
+        let prompt_kernels = if req.prompt.len() >= self.model.backend.prompt_kernels_min_rows() {
+            Kernels::PromptRow
+        } else {
+            Kernels::TokenRow
+        };
         let seq = Sequence::new(
             self.next_id,
             req.prompt,
+            prompt_kernels,
             req.params,
             sampler,
             req.events,
@@ -379,7 +385,7 @@ impl<B: Backend> Engine<B> {
             // preemption) take their own kernels.
             let split = seq.prompt_len.clamp(from, from + n);
             let parts = [
-                (from..split, seq.prompt_kernels()),
+                (from..split, seq.prompt_kernels),
                 (split..from + n, Kernels::TokenRow),
             ];
             for (range, kernels) in parts {
@@ -521,7 +527,7 @@ fn block_hash(blocks: &BlockPool, seq: &Sequence, k: usize) -> u64 {
     let bs = blocks.block_size();
     let parent = if k == 0 { 0 } else { seq.hashes[k - 1] };
     let prompt_part = seq.prompt_len.clamp(k * bs, (k + 1) * bs) - k * bs;
-    let long = u64::from(seq.prompt_kernels() == Kernels::PromptRow);
+    let long = u64::from(seq.prompt_kernels == Kernels::PromptRow);
     blocks.hash(
         parent,
         prompt_part as u64 | long << 32,

@@ -10,15 +10,17 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::request::{Event, GenParams};
 
-/// The shortest prompt computed by the prompt kernels.
-pub const LONG_PROMPT: usize = 32;
-
 pub struct Sequence {
     /// Arrival order: preemption takes the newest first.
     pub id: u64,
     /// The prompt, then every generated token.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
+    /// The kernels of the prompt's rows: the prompt kernels for a long
+    /// prompt, the token kernels for a short one
+    /// (`Backend::prompt_kernels_min_rows`). The choice depends on the
+    /// request alone, not on how its prompt is chunked or batched.
+    pub prompt_kernels: Kernels,
     /// Positions whose K and V are in the cache.
     pub n_computed: usize,
     pub blocks: Vec<u32>,
@@ -42,6 +44,7 @@ impl Sequence {
     pub fn new(
         id: u64,
         prompt: Vec<u32>,
+        prompt_kernels: Kernels,
         params: GenParams,
         sampler: Sampler,
         events: UnboundedSender<Event>,
@@ -54,6 +57,7 @@ impl Sequence {
             id,
             tokens,
             prompt_len,
+            prompt_kernels,
             n_computed: 0,
             blocks: Vec::new(),
             slots: Vec::new(),
@@ -66,19 +70,6 @@ impl Sequence {
             events,
             arrival: Instant::now(),
             last_token: None,
-        }
-    }
-
-    /// The kernels of the prompt's rows. A prompt shorter than
-    /// [`LONG_PROMPT`] runs through the token kernels: the prompt kernels
-    /// (the CPU's tiled matmul) unpack every weight once per pass, which
-    /// only many rows repay. Either way the choice depends on the request
-    /// alone, not on how its prompt is chunked or batched.
-    pub fn prompt_kernels(&self) -> Kernels {
-        if self.prompt_len >= LONG_PROMPT {
-            Kernels::PromptRow
-        } else {
-            Kernels::TokenRow
         }
     }
 

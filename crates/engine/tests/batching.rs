@@ -89,6 +89,12 @@ fn one_at_a_time(prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
     out
 }
 
+fn preemptions(e: &EngineHandle) -> u64 {
+    e.metrics()
+        .preemptions
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[test]
 fn sixteen_concurrent_requests_give_the_tokens_they_give_alone() {
     let prompts = prompts(16);
@@ -100,12 +106,7 @@ fn sixteen_concurrent_requests_give_the_tokens_they_give_alone() {
         assert_eq!(reason, FinishReason::Length);
         assert_eq!(tokens, alone[i], "request {i} batched vs alone");
     }
-    assert_eq!(
-        e.metrics()
-            .preemptions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(preemptions(&e), 0);
     e.shutdown();
 }
 
@@ -119,9 +120,7 @@ fn preempted_requests_complete_with_the_same_tokens() {
     for (i, rx) in rxs.into_iter().enumerate() {
         assert_eq!(collect(rx).0, alone[i], "request {i} under preemption");
     }
-    let m = e.metrics();
-    let preemptions = m.preemptions.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(preemptions > 0, "the budget forced preemptions");
+    assert!(preemptions(&e) > 0, "the budget forced preemptions");
     e.shutdown();
 }
 

@@ -99,6 +99,10 @@ pub trait Backend: Send + Sync {
     ) -> Self::KvCache;
     /// Bytes that one slot of such a cache takes, all layers together.
     fn kv_slot_bytes(&self, n_layer: usize, k_dim: usize, v_dim: usize) -> usize;
+    /// The shortest prompt whose rows repay the prompt kernels
+    /// ([`Kernels::PromptRow`]); a shorter one goes through the token
+    /// kernels. `usize::MAX` where the two are the same kernels.
+    fn prompt_kernels_min_rows(&self) -> usize;
 
     /// out[i] = dequantized row `tokens[i]` of `table`.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplerConfig {
     pub temperature: f32,
     /// 0: disabled.
@@ -104,7 +104,7 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg;
         if cfg.temperature <= 0.0 && !cfg.has_penalties() {
             return argmax(logits);
         }
@@ -342,7 +342,7 @@ mod tests {
             ..Default::default()
         };
         let draw = |cfg: &SamplerConfig| {
-            let mut s = Sampler::new(cfg.clone(), 6);
+            let mut s = Sampler::new(*cfg, 6);
             (0..200).map(|_| s.sample(&logits())).collect::<Vec<_>>()
         };
         let a = draw(&cfg);

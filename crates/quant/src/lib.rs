@@ -304,10 +304,16 @@ pub const DOT_ROWS_MAX: usize = 8;
 /// of `ty`: 8 lanes per block of Q8_0's d (Q8_1: d, then s) for the
 /// 32-element formats; none for the others.
 pub fn act_scales_len(ty: GgmlType, n: usize) -> usize {
+    act_scale_layout(ty).map_or(0, |(_, per)| per * n / legacy::QK * DOT_ROWS_MAX)
+}
+
+/// The activation block size and f16 scales per block (d; d and s) of
+/// the 32-element formats' dot types.
+fn act_scale_layout(ty: GgmlType) -> Option<(usize, usize)> {
     match vec_dot_type(ty) {
-        GgmlType::Q8_0 => n / legacy::QK * DOT_ROWS_MAX,
-        GgmlType::Q8_1 => 2 * n / legacy::QK * DOT_ROWS_MAX,
-        _ => 0,
+        GgmlType::Q8_0 => Some((legacy::Q8_0, 1)),
+        GgmlType::Q8_1 => Some((legacy::Q8_1, 2)),
+        _ => None,
     }
 }
 
@@ -317,11 +323,8 @@ pub fn act_scales_len(ty: GgmlType, n: usize) -> usize {
 /// ([`act_scales_len`] floats) for [`dot_rows`]: block by block, one lane
 /// per row, so that a weight block's scale multiplies all of them at once.
 pub fn pack_act_scales(ty: GgmlType, n: usize, act: &[u8], out: &mut [f32]) {
-    let dot_ty = vec_dot_type(ty);
-    let (bs, per) = match dot_ty {
-        GgmlType::Q8_0 => (legacy::Q8_0, 1),
-        GgmlType::Q8_1 => (legacy::Q8_1, 2),
-        _ => return,
+    let Some((bs, per)) = act_scale_layout(ty) else {
+        return;
     };
     let stride = n / legacy::QK * bs;
     assert_eq!(out.len(), act_scales_len(ty, n), "activation scales length");
@@ -367,7 +370,7 @@ pub fn dot_rows(
         .expect("row length checked by the caller") as usize;
     assert_eq!(act.len(), out.len() * stride, "activation rows length");
     #[cfg(target_arch = "x86_64")]
-    if out.len() > 1 && x86::dot_rows(kernel, ty, n, w, (act, stride), scales, out) {
+    if x86::dot_rows(kernel, ty, n, w, act, scales, out) {
         return;
     }
     for (o, a) in out.iter_mut().zip(act.chunks_exact(stride)) {

@@ -263,15 +263,15 @@ impl<B: Backend> ParallelDecode<B> {
         let n_vocab = model.config.n_vocab;
         self.tokens.clear();
         self.tokens.resize(n_seq, first);
-        for pos in 0..n_gen.min(self.n_ctx) {
+        let mut seqs = Vec::with_capacity(n_seq);
+        for pos in 0..n_gen {
             self.positions.fill(pos as u32);
-            let seqs: Vec<SeqRows> = (0..n_seq)
-                .map(|s| SeqRows {
-                    rows: s..s + 1,
-                    slots: &self.slots[s * self.n_ctx..][..=pos],
-                    kernels: Kernels::TokenRow,
-                })
-                .collect();
+            seqs.clear();
+            seqs.extend((0..n_seq).map(|s| SeqRows {
+                rows: s..s + 1,
+                slots: &self.slots[s * self.n_ctx..][..=pos],
+                kernels: Kernels::TokenRow,
+            }));
             let batch = Batch {
                 tokens: &self.tokens,
                 positions: &self.positions,

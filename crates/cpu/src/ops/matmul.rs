@@ -26,7 +26,8 @@ pub struct MatmulScratch {
     act: Vec<u8>,
     /// Activations rounded through the dot type, for the tiled matmul.
     xq: Vec<f32>,
-    /// The activations' block scales as f32 ([`quarrel_quant::act_scales`]).
+    /// Each run's activation block scales as f32
+    /// ([`quarrel_quant::pack_act_scales`]).
     scales: Vec<f32>,
     /// The integer kernel of each row; None for rows the tiled matmul takes.
     kernels: Vec<Option<DotKernel>>,
@@ -108,12 +109,8 @@ pub fn matmul(
         }
     });
     scratch.runs.clear();
-    let mut t = 0;
-    while t < n {
-        let Some(kernel) = kernels[t] else {
-            t += 1;
-            continue;
-        };
+    for (t, &kernel) in kernels.iter().enumerate() {
+        let Some(kernel) = kernel else { continue };
         match scratch.runs.last_mut() {
             Some((t0, len, k))
                 if *k == kernel && *t0 + *len == t && *len < quarrel_quant::DOT_ROWS_MAX =>
@@ -122,7 +119,6 @@ pub fn matmul(
             }
             _ => scratch.runs.push((t, 1, kernel)),
         }
-        t += 1;
     }
     // Each run's activation scales, widened once for every weight row.
     let per = quarrel_quant::act_scales_len(w.ty, k);

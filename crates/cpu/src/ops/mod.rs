@@ -3,7 +3,7 @@
 pub mod activation;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
-mod gemm;
+pub(crate) mod gemm;
 pub mod ggml_math;
 pub mod matmul;
 pub mod norm;

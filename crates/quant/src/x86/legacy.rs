@@ -60,28 +60,6 @@ const fn layout(f: u8) -> (usize, usize, bool) {
     }
 }
 
-/// One block of one (weight row, activation row) pair, as ggml's x86 AVX2
-/// `ggml_vec_dot_<F>_<q8>` accumulates it: the scalar `m * s` sum (FMA-
-/// contracted) for formats with a min, then one 8-lane FMA of d with the
-/// integer pair sums. A macro, so that every use is inlined and each
-/// accumulator stays in a register.
-macro_rules! step {
-    ($f:expr, $bx:expr, $by:expr, $qx:expr, $qy:expr, $acc:expr, $summs:expr) => {{
-        let (_, _, with_min) = layout($f);
-        let (q, d) = if with_min {
-            // Both blocks start with two f16s: (d, m) and (d, s).
-            let (x, y) = (f16x2_at($bx, 0), f16x2_at($by, 0));
-            let (m, s) = (_mm_movehdup_ps(x), _mm_movehdup_ps(y));
-            $summs = _mm_cvtss_f32(_mm_fmadd_ss(m, s, _mm_set_ss($summs)));
-            let d = _mm256_broadcastss_ps(_mm_mul_ss(x, y));
-            (mul_sum_us8_pairs($qx, $qy), d)
-        } else {
-            (mul_sum_i8_pairs($qx, $qy), _mm256_set1_ps(dxy($bx, $by)))
-        };
-        $acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), $acc);
-    }};
-}
-
 /// The final reduction: `hsum_float_8`, plus the min term where there is one.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -94,16 +72,30 @@ fn finish<const F: u8>(acc: __m256, summs: f32) -> f32 {
     }
 }
 
-/// ggml's x86 AVX2 `ggml_vec_dot_<F>_<q8>`.
+/// ggml's x86 AVX2 `ggml_vec_dot_<F>_<q8>`: per block, the scalar `m * s`
+/// sum (FMA-contracted) for formats with a min, then one 8-lane FMA of d
+/// with the integer pair sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn vec_dot<const F: u8>(n: usize, x: &[u8], y: &[u8]) -> f32 {
-    let (wb, ab, _) = layout(F);
+    let (wb, ab, with_min) = layout(F);
     check(n, x.len(), wb);
     check(n, y.len(), ab);
     let (mut acc, mut summs) = (_mm256_setzero_ps(), 0f32);
     for (bx, by) in x.chunks_exact(wb).zip(y.chunks_exact(ab)) {
-        let qy = load_256(bytes(by, ab - 32));
-        step!(F, bx, by, weight_quants::<F>(bx), qy, acc, summs);
+        let (qx, qy) = (weight_quants::<F>(bx), load_256(bytes(by, ab - 32)));
+        let (q, d) = if with_min {
+            // Both blocks start with two f16s: (d, m) and (d, s).
+            let (x, y) = (f16x2_at(bx, 0), f16x2_at(by, 0));
+            let (m, s) = (_mm_movehdup_ps(x), _mm_movehdup_ps(y));
+            summs = _mm_cvtss_f32(_mm_fmadd_ss(m, s, _mm_set_ss(summs)));
+            (
+                mul_sum_us8_pairs(qx, qy),
+                _mm256_broadcastss_ps(_mm_mul_ss(x, y)),
+            )
+        } else {
+            (mul_sum_i8_pairs(qx, qy), _mm256_set1_ps(dxy(bx, by)))
+        };
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
     }
     finish::<F>(acc, summs)
 }
@@ -128,7 +120,7 @@ fn broadcast_from_memory(x: &f32) -> __m256 {
 }
 
 /// [`vec_dot`] for one weight row against `N` (at most 8) activation rows,
-/// `ys` bytes apart in `y`, with their block scales widened to f32 by
+/// back to back in `y`, with their block scales widened to f32 by
 /// `crate::pack_act_scales` in `d`: per block, the `N` rows' d in 8 lanes
 /// (then their s in 8 more, for formats with a min). Each weight block is
 /// unpacked once for all `N`, the `N` scale products are one vector
@@ -140,18 +132,14 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     n: usize,
     x: &[u8],
     y: &[u8],
-    ys: usize,
     d: &[f32],
 ) -> [f32; N] {
     let (wb, ab, with_min) = layout(F);
     check(n, x.len(), wb);
-    let nb = n / QK;
+    check(n * N, y.len(), ab);
+    let (nb, ys) = (n / QK, n / QK * ab);
     let lanes = if with_min { 16 } else { 8 };
     assert!(N <= 8, "at most eight rows");
-    assert!(
-        ys >= nb * ab && y.len() >= (N - 1) * ys + nb * ab,
-        "activation rows"
-    );
     assert_eq!(d.len(), nb * lanes, "activation scales");
     let mut acc = [_mm256_setzero_ps(); N];
     let mut summs = _mm256_setzero_ps();
@@ -174,7 +162,7 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
             summs = _mm256_fmadd_ps(m, load_ps(dy, 8), summs);
         }
         for (t, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: the asserts above keep block i of row t in bounds.
+            // SAFETY: the checks above keep block i of row t in bounds.
             let qy =
                 unsafe { _mm256_loadu_si256(y.as_ptr().add(t * ys + i * ab + ab - 32).cast()) };
             let p = if with_min {

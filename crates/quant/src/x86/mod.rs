@@ -320,25 +320,25 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32>
 }
 
 /// `crate::dot_rows` where a kernel unpacks each weight block once for
-/// all the rows: the 32-element formats, Q6_K, and the repacked Q4_K gemv.
-/// Returns whether it ran.
+/// all the rows: the 32-element formats, Q6_K, and the repacked Q4_K gemv,
+/// for 2 to 8 rows (one row runs the one-row kernels). Returns whether it
+/// ran.
 pub(crate) fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
     x: &[u8],
-    (y, ys): (&[u8], usize),
+    y: &[u8],
     d: &[f32],
     out: &mut [f32],
 ) -> bool {
-    if !available() {
+    if !available() || out.len() < 2 {
         return false;
     }
     /// A const-generic kernel call for each row count.
     macro_rules! by_rows {
         ($call:ident!($($arg:tt)*)) => {
             match out.len() {
-                1 => out.copy_from_slice(&$call!($($arg)*; 1)),
                 2 => out.copy_from_slice(&$call!($($arg)*; 2)),
                 3 => out.copy_from_slice(&$call!($($arg)*; 3)),
                 4 => out.copy_from_slice(&$call!($($arg)*; 4)),
@@ -358,7 +358,7 @@ pub(crate) fn dot_rows(
         };
     }
     match (kernel, ty, legacy_format(ty)) {
-        (DotKernel::VecDot, _, Some(f)) => by_rows!(by_format!(f, vec_dot_1xn, n, x, y, ys, d)),
+        (DotKernel::VecDot, _, Some(f)) => by_rows!(by_format!(f, vec_dot_1xn, n, x, y, d)),
         (DotKernel::VecDot, GgmlType::Q6K, _) => {
             by_rows!(k_quant!(vec_dot_q6_k_q8_k_1xn, n, x, y))
         }
