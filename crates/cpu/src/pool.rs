@@ -307,13 +307,20 @@ impl<'a> ColumnSplit<'a> {
         unsafe { self.ptr.add(row * self.ld + col) }
     }
 
-    /// Writes `v` at (`row`, `col`).
+    /// Columns `cols` of row `row`.
     ///
     /// # Safety
-    /// No other task may access column `col` meanwhile.
-    pub unsafe fn set(&self, row: usize, col: usize, v: f32) {
-        // SAFETY: the caller owns the column; `at` checks the bounds.
-        unsafe { *self.at(row, col) = v }
+    /// No other task may access these columns while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn cols_mut(&self, row: usize, cols: std::ops::Range<usize>) -> &mut [f32] {
+        assert!(
+            row < self.rows && cols.start <= cols.end && cols.end <= self.ld,
+            "row {row}, columns {cols:?} outside the matrix"
+        );
+        // SAFETY: in bounds, checked just above; the caller owns the columns.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(row * self.ld + cols.start), cols.len())
+        }
     }
 }
 

@@ -72,8 +72,13 @@ impl CpuWeight {
     }
 
     pub(crate) fn row(&self, r: usize) -> &[u8] {
-        let start = self.offset + r * self.row_bytes;
-        &self.storage[start..start + self.row_bytes]
+        self.rows_range(r..r + 1)
+    }
+
+    /// Rows `r`, back to back.
+    pub(crate) fn rows_range(&self, r: std::ops::Range<usize>) -> &[u8] {
+        let start = self.offset + r.start * self.row_bytes;
+        &self.storage[start..start + r.len() * self.row_bytes]
     }
 }
 

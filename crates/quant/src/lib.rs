@@ -299,82 +299,154 @@ pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f
 /// The most activation rows one [`dot_rows`] call takes.
 pub const DOT_ROWS_MAX: usize = 8;
 
-/// How many floats [`pack_act_scales`] writes for up to
-/// [`DOT_ROWS_MAX`] activation rows of `n` elements quantized for weights
-/// of `ty`: 8 lanes per block of Q8_0's d (Q8_1: d, then s) for the
-/// 32-element formats; none for the others.
-pub fn act_scales_len(ty: GgmlType, n: usize) -> usize {
-    act_scale_layout(ty).map_or(0, |(_, per)| per * n / legacy::QK * DOT_ROWS_MAX)
+/// 32 bytes on a 32-byte boundary, the unit of [`pack_acts`]' layout: a
+/// block's quants are one aligned load. Read straight from the quantized
+/// rows (34- or 36-byte blocks), half of them straddle a cache line, and
+/// the batched kernel ran at about half its register-only floor.
+#[derive(Clone, Copy, Default, Debug)]
+#[repr(C, align(32))]
+pub struct Chunk(pub [u8; 32]);
+
+/// How [`pack_acts`] lays out the activations of a weight type's dot type.
+#[derive(Clone, Copy)]
+enum ActPacking {
+    /// Per 32-element block: `per` chunks of f32 scale lanes (Q8_0's d;
+    /// Q8_1's d, then s), one lane per row, then one chunk of quants per
+    /// row. `bytes` is the dot type's block size.
+    Blocks32 { bytes: usize, per: usize },
+    /// Per super-block, one slot of [`Q8K_SLOT`] chunks per row holding the
+    /// Q8_K block at byte [`Q8K_AT`], where its quants start on a chunk.
+    SuperBlocks,
 }
 
-/// The activation block size and f16 scales per block (d; d and s) of
-/// the 32-element formats' dot types.
-fn act_scale_layout(ty: GgmlType) -> Option<(usize, usize)> {
-    match vec_dot_type(ty) {
-        GgmlType::Q8_0 => Some((legacy::Q8_0, 1)),
-        GgmlType::Q8_1 => Some((legacy::Q8_1, 2)),
-        _ => None,
+/// Chunks per packed Q8_K block: 4 bytes of d moved to the end of the
+/// first chunk, 256 of quants, 32 of block sums.
+pub(crate) const Q8K_SLOT: usize = 10;
+/// Where a packed Q8_K block starts in its slot.
+pub(crate) const Q8K_AT: usize = 28;
+
+fn act_packing(ty: GgmlType) -> Option<ActPacking> {
+    Some(match vec_dot_type(ty) {
+        GgmlType::Q8_0 => ActPacking::Blocks32 {
+            bytes: legacy::Q8_0,
+            per: 1,
+        },
+        GgmlType::Q8_1 => ActPacking::Blocks32 {
+            bytes: legacy::Q8_1,
+            per: 2,
+        },
+        GgmlType::Q8K => ActPacking::SuperBlocks,
+        _ => return None,
+    })
+}
+
+/// How many [`Chunk`]s [`pack_acts`] writes for up to [`DOT_ROWS_MAX`]
+/// activation rows of `n` elements quantized for weights of `ty`.
+pub fn packed_acts_len(ty: GgmlType, n: usize) -> usize {
+    match act_packing(ty) {
+        Some(ActPacking::Blocks32 { per, .. }) => (per + DOT_ROWS_MAX) * n / legacy::QK,
+        Some(ActPacking::SuperBlocks) => Q8K_SLOT * DOT_ROWS_MAX * n / k_quants::QK_K,
+        None => 0,
     }
 }
 
-/// Widens the f16 block scales of up to [`DOT_ROWS_MAX`] activation rows
-/// (`act`, back to back, quantized for weights of `ty` by
-/// [`quantize_activation_for`] with [`DotKernel::VecDot`]) into `out`
-/// ([`act_scales_len`] floats) for [`dot_rows`]: block by block, one lane
-/// per row, so that a weight block's scale multiplies all of them at once.
-pub fn pack_act_scales(ty: GgmlType, n: usize, act: &[u8], out: &mut [f32]) {
-    let Some((bs, per)) = act_scale_layout(ty) else {
+/// Interleaves up to [`DOT_ROWS_MAX`] activation rows (`act`, back to
+/// back, quantized for weights of `ty` by [`quantize_activation_for`]) into
+/// `out` ([`packed_acts_len`] chunks) for [`dot_rows`], block by block so
+/// that the rows' blocks lie together and every quant load is aligned.
+/// Read straight from the quantized rows (34-, 36- or 292-byte blocks),
+/// half of those loads straddle a cache line, and the batched kernels ran
+/// at about half their register-only floor. The 32-element formats also
+/// get their scales widened to f32, one lane per row, so that a weight
+/// block's scale multiplies all of them at once.
+pub fn pack_acts(ty: GgmlType, n: usize, act: &[u8], out: &mut [Chunk]) {
+    let Some(packing) = act_packing(ty) else {
         return;
     };
-    let stride = n / legacy::QK * bs;
-    assert_eq!(out.len(), act_scales_len(ty, n), "activation scales length");
+    let (bs, blocks) = match packing {
+        ActPacking::Blocks32 { bytes, .. } => (bytes, n / legacy::QK),
+        ActPacking::SuperBlocks => (k_quants::Q8_K_BYTES, n / k_quants::QK_K),
+    };
+    assert_eq!(
+        out.len(),
+        packed_acts_len(ty, n),
+        "packed activations length"
+    );
     assert!(
-        act.len() <= DOT_ROWS_MAX * stride,
+        act.len() <= DOT_ROWS_MAX * blocks * bs,
         "at most {DOT_ROWS_MAX} rows"
     );
-    out.fill(0.0);
-    for (t, row) in act.chunks_exact(stride).enumerate() {
-        for (blk, o) in row
-            .chunks_exact(bs)
-            .zip(out.chunks_exact_mut(per * DOT_ROWS_MAX))
-        {
-            for j in 0..per {
-                let bits = [blk[2 * j], blk[2 * j + 1]];
-                o[j * DOT_ROWS_MAX + t] = half::f16::from_le_bytes(bits).to_f32();
+    let slot = out.len() / blocks.max(1);
+    out.fill(Chunk::default());
+    for (t, row) in act.chunks_exact(blocks * bs).enumerate() {
+        for (blk, o) in row.chunks_exact(bs).zip(out.chunks_exact_mut(slot)) {
+            match packing {
+                ActPacking::Blocks32 { per, .. } => {
+                    for (j, lanes) in o[..per].iter_mut().enumerate() {
+                        let bits = [blk[2 * j], blk[2 * j + 1]];
+                        let v = half::f16::from_le_bytes(bits).to_f32();
+                        lanes.0[4 * t..4 * t + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                    o[per + t].0.copy_from_slice(&blk[bs - 32..]);
+                }
+                ActPacking::SuperBlocks => {
+                    let s = chunk_bytes_mut(&mut o[t * Q8K_SLOT..(t + 1) * Q8K_SLOT]);
+                    s[Q8K_AT..Q8K_AT + bs].copy_from_slice(blk);
+                }
             }
         }
     }
 }
 
-/// [`dot`] for one weight row against `out.len()` (at most
-/// [`DOT_ROWS_MAX`]) activation rows quantized for `kernel`, stored back
-/// to back in `act`, with their scales packed by [`pack_act_scales`]:
-/// `out[t]` is bit-identical to `dot(kernel, ty, n, w, row t)`.
+/// The bytes of `c`.
+pub(crate) fn chunk_bytes(c: &[Chunk]) -> &[u8] {
+    // SAFETY: `Chunk` is `repr(C)` around `[u8; 32]` with no padding (its
+    // size equals its alignment), so the slice is `32 * c.len()` bytes.
+    unsafe { std::slice::from_raw_parts(c.as_ptr().cast(), 32 * c.len()) }
+}
+
+fn chunk_bytes_mut(c: &mut [Chunk]) -> &mut [u8] {
+    // SAFETY: as in `chunk_bytes`; every byte pattern is a valid `Chunk`.
+    unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast(), 32 * c.len()) }
+}
+
+/// [`dot`] for each weight row in `w` (back to back) against each of the
+/// at most [`DOT_ROWS_MAX`] activation rows quantized for `kernel`, stored
+/// back to back in `act`, and interleaved by [`pack_acts`] in `packed`:
+/// `out[r * t + i]`, for `t` activation rows, is bit-identical to
+/// `dot(kernel, ty, n, weight row r, activation row i)`.
 ///
 /// On x86 with AVX2, the 32-element formats, Q6_K and the repacked Q4_K
 /// gemv run kernels that unpack each weight block once for all the rows and
 /// overlap their chains (the batched decode of several sequences);
-/// otherwise this is one [`dot`] per row.
+/// otherwise this is one [`dot`] per pair of rows.
 pub fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
     w: &[u8],
     act: &[u8],
-    scales: &[f32],
+    packed: &[Chunk],
     out: &mut [f32],
 ) {
-    assert!(out.len() <= DOT_ROWS_MAX, "at most {DOT_ROWS_MAX} rows");
-    let stride = vec_dot_type(ty)
-        .row_bytes(n as u64)
-        .expect("row length checked by the caller") as usize;
-    assert_eq!(act.len(), out.len() * stride, "activation rows length");
+    let row_bytes = |ty: GgmlType| {
+        ty.row_bytes(n as u64)
+            .expect("row length checked by the caller") as usize
+    };
+    let (wrow, stride) = (row_bytes(ty), row_bytes(vec_dot_type(ty)));
+    let t = act.len() / stride;
+    assert!((1..=DOT_ROWS_MAX).contains(&t), "1 to {DOT_ROWS_MAX} rows");
+    assert_eq!(act.len(), t * stride, "activation rows length");
+    assert_eq!(w.len() % wrow, 0, "weight rows length");
+    assert_eq!(out.len(), w.len() / wrow * t, "output length");
     #[cfg(target_arch = "x86_64")]
-    if x86::dot_rows(kernel, ty, n, w, act, scales, out) {
+    if x86::dot_rows(kernel, ty, n, w, wrow, packed, out) {
         return;
     }
-    for (o, a) in out.iter_mut().zip(act.chunks_exact(stride)) {
-        *o = dot(kernel, ty, n, w, a);
+    for (x, o) in w.chunks_exact(wrow).zip(out.chunks_exact_mut(t)) {
+        for (o, a) in o.iter_mut().zip(act.chunks_exact(stride)) {
+            *o = dot(kernel, ty, n, x, a);
+        }
     }
 }
 

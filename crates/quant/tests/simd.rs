@@ -8,9 +8,9 @@
 //! scalar models and the tests prove nothing (they say so on stderr).
 
 use quarrel_quant::{
-    act_scales_len, dequantize_row, dequantize_row_scalar, dot, dot_rows, float, k_quants, legacy,
-    pack_act_scales, quantize_activation, quantize_activation_for, quantize_activation_scalar,
-    vec_dot, vec_dot_scalar, vec_dot_type, DotKernel, GgmlType, DOT_ROWS_MAX,
+    dequantize_row, dequantize_row_scalar, dot, dot_rows, float, k_quants, legacy, pack_acts,
+    packed_acts_len, quantize_activation, quantize_activation_for, quantize_activation_scalar,
+    vec_dot, vec_dot_scalar, vec_dot_type, Chunk, DotKernel, GgmlType, DOT_ROWS_MAX,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -317,26 +317,29 @@ fn dot_rows_matches_single_dots() {
         let act_ty = vec_dot_type(ty);
         for kernel in kernels(ty) {
             for n in lengths(ty) {
-                let w = random_row(&mut rng, ty, n);
+                // Three weight rows, to check the output layout as well.
+                let ws: Vec<Vec<u8>> = (0..3).map(|_| random_row(&mut rng, ty, n)).collect();
                 let mut acts = Vec::new();
-                let mut single = Vec::new();
                 for _ in 0..DOT_ROWS_MAX {
                     let mut a = bytes_for(act_ty, n);
                     quantize_activation_for(kernel, ty, &normals(&mut rng, n), &mut a).unwrap();
-                    single.push(dot(kernel, ty, n, &w, &a));
                     acts.extend_from_slice(&a);
                 }
                 let row = acts.len() / DOT_ROWS_MAX;
+                let single =
+                    |r: usize, t: usize| dot(kernel, ty, n, &ws[r], &acts[t * row..][..row]);
+                let w = ws.concat();
                 for rows in 1..=DOT_ROWS_MAX {
-                    let mut out = vec![f32::NAN; rows];
-                    let mut scales = vec![f32::NAN; act_scales_len(ty, n)];
-                    pack_act_scales(ty, n, &acts[..rows * row], &mut scales);
-                    dot_rows(kernel, ty, n, &w, &acts[..rows * row], &scales, &mut out);
-                    for (t, (&got, &want)) in out.iter().zip(&single).enumerate() {
+                    let mut out = vec![f32::NAN; ws.len() * rows];
+                    let mut packed = vec![Chunk([0xA5; 32]); packed_acts_len(ty, n)];
+                    pack_acts(ty, n, &acts[..rows * row], &mut packed);
+                    dot_rows(kernel, ty, n, &w, &acts[..rows * row], &packed, &mut out);
+                    for (i, &got) in out.iter().enumerate() {
+                        let (r, t) = (i / rows, i % rows);
                         assert_eq!(
                             got.to_bits(),
-                            want.to_bits(),
-                            "seed {seed}: {ty} {kernel:?} n={n} row {t} of {rows}"
+                            single(r, t).to_bits(),
+                            "seed {seed}: {ty} {kernel:?} n={n} weight row {r}, row {t} of {rows}"
                         );
                     }
                 }

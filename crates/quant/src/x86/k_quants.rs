@@ -14,6 +14,7 @@ use crate::k_quants::{
     check, q3_k_scales, quantize_row_q8_k_ref, scales_mins, tiled_step, Q2_K_BYTES, Q3_K_BYTES,
     Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES, QK_K,
 };
+use crate::Chunk;
 
 /// The 32 activation quants of chunk `c` (elements 32c..32c + 32) of a Q8_K block.
 #[inline]
@@ -247,21 +248,32 @@ pub(super) fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
 }
 
 /// [`vec_dot_q6_k_q8_k`] for one weight row against `N` activation rows
-/// back to back in `y`: each super-block is unpacked once for all of them.
+/// interleaved by `crate::pack_acts` in `p`: each super-block is unpacked
+/// once for all of them.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], y: &[u8]) -> [f32; N] {
+pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
     check(n, x.len(), Q6_K_BYTES);
-    check(n * N, y.len(), Q8_K_BYTES);
-    let nb = n / QK_K;
     let mut acc = [_mm256_setzero_ps(); N];
-    for (i, bx) in x.chunks_exact(Q6_K_BYTES).enumerate() {
+    for (bx, slots) in x.chunks_exact(Q6_K_BYTES).zip(super_block_slots(n, p)) {
         let b = q6_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
-            let by = &y[(t * nb + i) * Q8_K_BYTES..][..Q8_K_BYTES];
-            *acc = q6_step(&b, by, *acc);
+            *acc = q6_step(&b, packed_q8_k(slots, t), *acc);
         }
     }
     acc.map(|a| hsum_float_8(a))
+}
+
+/// The packed activations of each super-block: one slot per row.
+fn super_block_slots(n: usize, p: &[Chunk]) -> std::slice::ChunksExact<'_, Chunk> {
+    let slots = crate::Q8K_SLOT * crate::DOT_ROWS_MAX;
+    assert_eq!(p.len(), n / QK_K * slots, "packed activations");
+    p.chunks_exact(slots)
+}
+
+/// Row `t`'s Q8_K block in a super-block's slots.
+fn packed_q8_k(slots: &[Chunk], t: usize) -> &[u8] {
+    let slot = crate::chunk_bytes(&slots[t * crate::Q8K_SLOT..(t + 1) * crate::Q8K_SLOT]);
+    &slot[crate::Q8K_AT..crate::Q8K_AT + Q8_K_BYTES]
 }
 
 /// The unsigned 6-bit quants of chunk `c` of a Q6_K block: elements
@@ -357,19 +369,17 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
     acc.0 - acc.1
 }
 
-/// The repacked Q4_K gemv's output for `N` activation rows back to back in
-/// `y`: each super-block is unpacked once for all of them.
+/// The repacked Q4_K gemv's output for `N` activation rows interleaved by
+/// `crate::pack_acts` in `p`: each super-block is unpacked once for all of
+/// them.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_k_gemv_1xn<const N: usize>(n: usize, x: &[u8], y: &[u8]) -> [f32; N] {
+pub(super) fn q4_k_gemv_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
     check(n, x.len(), Q4_K_BYTES);
-    check(n * N, y.len(), Q8_K_BYTES);
-    let nb = n / QK_K;
     let mut acc = [(0f32, 0f32); N];
-    for (i, bx) in x.chunks_exact(Q4_K_BYTES).enumerate() {
+    for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, p)) {
         let b = k4_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
-            let by = &y[(t * nb + i) * Q8_K_BYTES..][..Q8_K_BYTES];
-            k4_repacked_step(&b, by, false, acc);
+            k4_repacked_step(&b, packed_q8_k(slots, t), false, acc);
         }
     }
     acc.map(|(a, m)| a - m)

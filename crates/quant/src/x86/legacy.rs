@@ -119,28 +119,24 @@ fn broadcast_from_memory(x: &f32) -> __m256 {
     v
 }
 
-/// [`vec_dot`] for one weight row against `N` (at most 8) activation rows,
-/// back to back in `y`, with their block scales widened to f32 by
-/// `crate::pack_act_scales` in `d`: per block, the `N` rows' d in 8 lanes
-/// (then their s in 8 more, for formats with a min). Each weight block is
-/// unpacked once for all `N`, the `N` scale products are one vector
-/// multiply, and the `N` FMA chains overlap; each output is bit-identical
-/// to the one-row kernel's (the same integer lanes, the same f32 product of
-/// the two scales, the same FMAs).
+/// [`vec_dot`] for one weight row against `N` (at most 8) activation rows
+/// interleaved by `crate::pack_acts` in `p`. Each weight block is unpacked
+/// once for all `N`, the `N` scale products are one vector multiply, and
+/// the `N` FMA chains overlap; each output is bit-identical to the one-row
+/// kernel's (the same integer lanes, the same f32 product of the two
+/// scales, the same FMAs).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     n: usize,
     x: &[u8],
-    y: &[u8],
-    d: &[f32],
+    p: &[crate::Chunk],
 ) -> [f32; N] {
-    let (wb, ab, with_min) = layout(F);
+    let (wb, _, with_min) = layout(F);
     check(n, x.len(), wb);
-    check(n * N, y.len(), ab);
-    let (nb, ys) = (n / QK, n / QK * ab);
-    let lanes = if with_min { 16 } else { 8 };
-    assert!(N <= 8, "at most eight rows");
-    assert_eq!(d.len(), nb * lanes, "activation scales");
+    let per = if with_min { 2 } else { 1 };
+    assert!(N <= crate::DOT_ROWS_MAX, "at most eight rows");
+    let stride = per + crate::DOT_ROWS_MAX;
+    assert_eq!(p.len(), n / QK * stride, "packed activations");
     let mut acc = [_mm256_setzero_ps(); N];
     let mut summs = _mm256_setzero_ps();
     // The scale products of a block, aligned so that the broadcasts read
@@ -148,23 +144,21 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     #[repr(align(32))]
     struct Lanes([f32; 8]);
     let mut dd = Lanes([0.0; 8]);
-    for ((i, bx), dy) in x.chunks_exact(wb).enumerate().zip(d.chunks_exact(lanes)) {
+    for (bx, pb) in x.chunks_exact(wb).zip(p.chunks_exact(stride)) {
         let qx = weight_quants::<F>(bx);
         // (d, m), or d and two quant bytes: one 32-bit load, no merge into
         // a live register (see `f16_pair`).
         let dm = f16x2_at(bx, 0);
         let dx = _mm256_broadcastss_ps(dm);
-        store_ps(&mut dd.0, 0, _mm256_mul_ps(dx, load_ps(dy, 0)));
+        store_ps(&mut dd.0, 0, _mm256_mul_ps(dx, chunk_ps(&pb[0])));
         let ax = _mm256_sign_epi8(qx, qx);
         if with_min {
             // ggml's scalar `summs += m * s`, FMA-contracted, one lane per row.
             let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-            summs = _mm256_fmadd_ps(m, load_ps(dy, 8), summs);
+            summs = _mm256_fmadd_ps(m, chunk_ps(&pb[1]), summs);
         }
         for (t, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: the checks above keep block i of row t in bounds.
-            let qy =
-                unsafe { _mm256_loadu_si256(y.as_ptr().add(t * ys + i * ab + ab - 32).cast()) };
+            let qy = chunk_i8(&pb[per + t]);
             let p = if with_min {
                 mul_sum_us8_pairs(qx, qy)
             } else {
@@ -176,6 +170,21 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     let mut s = [0f32; 8];
     store_ps(&mut s, 0, summs);
     std::array::from_fn(|t| finish::<F>(acc[t], s[t]))
+}
+
+/// A chunk's eight f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn chunk_ps(c: &crate::Chunk) -> __m256 {
+    // SAFETY: both types are 32 bytes and every bit pattern is valid for both.
+    unsafe { std::mem::transmute::<[u8; 32], __m256>(c.0) }
+}
+
+/// A chunk's 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn chunk_i8(c: &crate::Chunk) -> __m256i {
+    load_256(&c.0)
 }
 
 /// The repacked Q4_0 kernels' output (`crate::legacy::gemv_q4_0_q8_0`):

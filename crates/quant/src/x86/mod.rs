@@ -320,49 +320,59 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32>
 }
 
 /// `crate::dot_rows` where a kernel unpacks each weight block once for
-/// all the rows: the 32-element formats, Q6_K, and the repacked Q4_K gemv,
-/// for 2 to 8 rows (one row runs the one-row kernels). Returns whether it
-/// ran.
+/// all the activation rows: the 32-element formats, Q6_K, and the repacked
+/// Q4_K gemv, for 2 to 8 rows interleaved by `crate::pack_acts` (one row
+/// runs the one-row kernels), over the weight rows of `wrow` bytes in `x`.
+/// Returns whether it ran.
 pub(crate) fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
     x: &[u8],
-    y: &[u8],
-    d: &[f32],
+    wrow: usize,
+    packed: &[crate::Chunk],
     out: &mut [f32],
 ) -> bool {
-    if !available() || out.len() < 2 {
+    let t = out.len() / (x.len() / wrow).max(1);
+    if !available() || t < 2 {
         return false;
     }
-    /// A const-generic kernel call for each row count.
+    /// The kernel monomorphised for each row count, run on every weight row.
     macro_rules! by_rows {
-        ($call:ident!($($arg:tt)*)) => {
-            match out.len() {
-                2 => out.copy_from_slice(&$call!($($arg)*; 2)),
-                3 => out.copy_from_slice(&$call!($($arg)*; 3)),
-                4 => out.copy_from_slice(&$call!($($arg)*; 4)),
-                5 => out.copy_from_slice(&$call!($($arg)*; 5)),
-                6 => out.copy_from_slice(&$call!($($arg)*; 6)),
-                7 => out.copy_from_slice(&$call!($($arg)*; 7)),
-                8 => out.copy_from_slice(&$call!($($arg)*; 8)),
+        ($call:ident!($kernel:ident, $($arg:tt)*)) => {
+            match t {
+                2 => by_rows!(@ $call!($kernel, $($arg)*; 2)),
+                3 => by_rows!(@ $call!($kernel, $($arg)*; 3)),
+                4 => by_rows!(@ $call!($kernel, $($arg)*; 4)),
+                5 => by_rows!(@ $call!($kernel, $($arg)*; 5)),
+                6 => by_rows!(@ $call!($kernel, $($arg)*; 6)),
+                7 => by_rows!(@ $call!($kernel, $($arg)*; 7)),
+                8 => by_rows!(@ $call!($kernel, $($arg)*; 8)),
                 _ => panic!("at most {} rows per call", crate::DOT_ROWS_MAX),
+            }
+        };
+        (@ $call:ident!($kernel:ident, $f:expr; $n:literal)) => {
+            for (x, o) in x.chunks_exact(wrow).zip(out.chunks_exact_mut($n)) {
+                o.copy_from_slice(&$call!($kernel, $f, n, x, packed; $n));
             }
         };
     }
     macro_rules! k_quant {
-        ($kernel:ident, $($arg:expr),*; $n:literal) => {
+        ($kernel:ident, $f:expr, $($arg:expr),*; $n:literal) => {
             // SAFETY: `available()` checked AVX2, FMA and F16C; the kernel
             // checks slice lengths itself.
             unsafe { k_quants::$kernel::<$n>($($arg),*) }
         };
     }
+    macro_rules! legacy {
+        ($kernel:ident, $f:expr, $($arg:expr),*; $n:literal) => {
+            by_format!($f, $kernel, $($arg),*; $n)
+        };
+    }
     match (kernel, ty, legacy_format(ty)) {
-        (DotKernel::VecDot, _, Some(f)) => by_rows!(by_format!(f, vec_dot_1xn, n, x, y, d)),
-        (DotKernel::VecDot, GgmlType::Q6K, _) => {
-            by_rows!(k_quant!(vec_dot_q6_k_q8_k_1xn, n, x, y))
-        }
-        (DotKernel::Gemv, GgmlType::Q4K, _) => by_rows!(k_quant!(q4_k_gemv_1xn, n, x, y)),
+        (DotKernel::VecDot, _, Some(f)) => by_rows!(legacy!(vec_dot_1xn, f)),
+        (DotKernel::VecDot, GgmlType::Q6K, _) => by_rows!(k_quant!(vec_dot_q6_k_q8_k_1xn, ())),
+        (DotKernel::Gemv, GgmlType::Q4K, _) => by_rows!(k_quant!(q4_k_gemv_1xn, ())),
         _ => return false,
     }
     true
