@@ -40,7 +40,7 @@ fn main() {
         let src: Vec<f32> = (0..n).map(|_| rand()).collect();
         quantize_activation_for(DotKernel::VecDot, ty, &src, a).unwrap();
     }
-    let mut packed = vec![Chunk::default(); packed_acts_len(ty, n)];
+    let mut packed = vec![Chunk::default(); packed_acts_len(ty, n, rows_n)];
     pack_acts(ty, n, &act, &mut packed);
     let mut out = vec![0f32; rows_n * 32];
     let mut sink = 0f32;

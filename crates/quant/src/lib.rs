@@ -340,12 +340,13 @@ fn act_packing(ty: GgmlType) -> Option<ActPacking> {
     })
 }
 
-/// How many [`Chunk`]s [`pack_acts`] writes for up to [`DOT_ROWS_MAX`]
-/// activation rows of `n` elements quantized for weights of `ty`.
-pub fn packed_acts_len(ty: GgmlType, n: usize) -> usize {
+/// How many [`Chunk`]s [`pack_acts`] writes for `rows` (at most
+/// [`DOT_ROWS_MAX`]) activation rows of `n` elements quantized for weights
+/// of `ty`.
+pub fn packed_acts_len(ty: GgmlType, n: usize, rows: usize) -> usize {
     match act_packing(ty) {
-        Some(ActPacking::Blocks32 { per, .. }) => (per + DOT_ROWS_MAX) * n / legacy::QK,
-        Some(ActPacking::SuperBlocks) => Q8K_SLOT * DOT_ROWS_MAX * n / k_quants::QK_K,
+        Some(ActPacking::Blocks32 { per, .. }) => (per + rows) * n / legacy::QK,
+        Some(ActPacking::SuperBlocks) => Q8K_SLOT * rows * n / k_quants::QK_K,
         None => 0,
     }
 }
@@ -367,14 +368,13 @@ pub fn pack_acts(ty: GgmlType, n: usize, act: &[u8], out: &mut [Chunk]) {
         ActPacking::Blocks32 { bytes, .. } => (bytes, n / legacy::QK),
         ActPacking::SuperBlocks => (k_quants::Q8_K_BYTES, n / k_quants::QK_K),
     };
+    let rows = act.len() / (blocks * bs).max(1);
+    assert!(rows <= DOT_ROWS_MAX, "at most {DOT_ROWS_MAX} rows");
+    assert_eq!(act.len(), rows * blocks * bs, "activation rows length");
     assert_eq!(
         out.len(),
-        packed_acts_len(ty, n),
+        packed_acts_len(ty, n, rows),
         "packed activations length"
-    );
-    assert!(
-        act.len() <= DOT_ROWS_MAX * blocks * bs,
-        "at most {DOT_ROWS_MAX} rows"
     );
     let slot = out.len() / blocks.max(1);
     out.fill(Chunk::default());

@@ -331,7 +331,7 @@ fn dot_rows_matches_single_dots() {
                 let w = ws.concat();
                 for rows in 1..=DOT_ROWS_MAX {
                     let mut out = vec![f32::NAN; ws.len() * rows];
-                    let mut packed = vec![Chunk([0xA5; 32]); packed_acts_len(ty, n)];
+                    let mut packed = vec![Chunk([0xA5; 32]); packed_acts_len(ty, n, rows)];
                     pack_acts(ty, n, &acts[..rows * row], &mut packed);
                     dot_rows(kernel, ty, n, &w, &acts[..rows * row], &packed, &mut out);
                     for (i, &got) in out.iter().enumerate() {

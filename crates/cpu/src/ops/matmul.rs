@@ -122,19 +122,18 @@ pub fn matmul(
             _ => scratch.runs.push((t, 1, kernel)),
         }
     }
-    // Each run's activations interleaved, once for every weight row.
-    let per = quarrel_quant::packed_acts_len(w.ty, k);
-    let chunk = quarrel_quant::Chunk::default();
-    scratch.packed.resize(scratch.runs.len() * per, chunk);
-    if per > 0 {
-        for (&(t0, len, _), p) in scratch
-            .runs
-            .iter()
-            .zip(scratch.packed.chunks_exact_mut(per))
-        {
-            let a = &scratch.act[t0 * act_row..(t0 + len) * act_row];
-            quarrel_quant::pack_acts(w.ty, k, a, p);
-        }
+    // Each run's activations interleaved, once for every weight row, the
+    // runs back to back.
+    let packed_len = |len| quarrel_quant::packed_acts_len(w.ty, k, len);
+    let total = scratch.runs.iter().map(|r| packed_len(r.1)).sum();
+    scratch
+        .packed
+        .resize(total, quarrel_quant::Chunk::default());
+    let mut rest = &mut scratch.packed[..];
+    for &(t0, len, _) in &scratch.runs {
+        let (p, tail) = rest.split_at_mut(packed_len(len));
+        quarrel_quant::pack_acts(w.ty, k, &scratch.act[t0 * act_row..(t0 + len) * act_row], p);
+        rest = tail;
     }
     let (act, packed, runs) = (&scratch.act, &scratch.packed, &scratch.runs);
     let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
@@ -145,9 +144,11 @@ pub fn matmul(
         for r0 in task_rows.clone().step_by(ROWS_PER_CALL) {
             let r1 = (r0 + ROWS_PER_CALL).min(task_rows.end);
             let wr = w.rows_range(r0..r1);
-            for (j, &(t0, len, kernel)) in runs.iter().enumerate() {
+            let mut rest = &packed[..];
+            for &(t0, len, kernel) in runs {
                 let a = &act[t0 * act_row..(t0 + len) * act_row];
-                let p = &packed[j * per..(j + 1) * per];
+                let (p, tail) = rest.split_at(packed_len(len));
+                rest = tail;
                 let o = &mut o[..(r1 - r0) * len];
                 quarrel_quant::dot_rows(kernel, w.ty, k, wr, a, p, o);
                 for i in 0..len {

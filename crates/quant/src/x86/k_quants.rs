@@ -254,7 +254,7 @@ pub(super) fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
 pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
     check(n, x.len(), Q6_K_BYTES);
     let mut acc = [_mm256_setzero_ps(); N];
-    for (bx, slots) in x.chunks_exact(Q6_K_BYTES).zip(super_block_slots(n, p)) {
+    for (bx, slots) in x.chunks_exact(Q6_K_BYTES).zip(super_block_slots(n, N, p)) {
         let b = q6_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
             *acc = q6_step(&b, packed_q8_k(slots, t), *acc);
@@ -264,8 +264,8 @@ pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chu
 }
 
 /// The packed activations of each super-block: one slot per row.
-fn super_block_slots(n: usize, p: &[Chunk]) -> std::slice::ChunksExact<'_, Chunk> {
-    let slots = crate::Q8K_SLOT * crate::DOT_ROWS_MAX;
+fn super_block_slots(n: usize, rows: usize, p: &[Chunk]) -> std::slice::ChunksExact<'_, Chunk> {
+    let slots = crate::Q8K_SLOT * rows;
     assert_eq!(p.len(), n / QK_K * slots, "packed activations");
     p.chunks_exact(slots)
 }
@@ -376,7 +376,7 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
 pub(super) fn q4_k_gemv_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
     check(n, x.len(), Q4_K_BYTES);
     let mut acc = [(0f32, 0f32); N];
-    for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, p)) {
+    for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, N, p)) {
         let b = k4_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
             k4_repacked_step(&b, packed_q8_k(slots, t), false, acc);

@@ -135,7 +135,7 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     check(n, x.len(), wb);
     let per = if with_min { 2 } else { 1 };
     assert!(N <= crate::DOT_ROWS_MAX, "at most eight rows");
-    let stride = per + crate::DOT_ROWS_MAX;
+    let stride = per + N;
     assert_eq!(p.len(), n / QK * stride, "packed activations");
     let mut acc = [_mm256_setzero_ps(); N];
     let mut summs = _mm256_setzero_ps();
