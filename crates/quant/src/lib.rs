@@ -399,6 +399,7 @@ pub fn pack_acts(ty: GgmlType, n: usize, act: &[u8], out: &mut [Chunk]) {
 }
 
 /// The bytes of `c`.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn chunk_bytes(c: &[Chunk]) -> &[u8] {
     // SAFETY: `Chunk` is `repr(C)` around `[u8; 32]` with no padding (its
     // size equals its alignment), so the slice is `32 * c.len()` bytes.
@@ -443,6 +444,9 @@ pub fn dot_rows(
     if x86::dot_rows(kernel, ty, n, w, wrow, packed, out) {
         return;
     }
+    // Only the x86 kernels read the interleaved layout.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = packed;
     for (x, o) in w.chunks_exact(wrow).zip(out.chunks_exact_mut(t)) {
         for (o, a) in o.iter_mut().zip(act.chunks_exact(stride)) {
             *o = dot(kernel, ty, n, x, a);

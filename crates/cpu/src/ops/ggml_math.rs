@@ -52,11 +52,6 @@ fn simd() -> bool {
     super::x86::available()
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn simd() -> bool {
-    false
-}
-
 /// out = silu(g) * u as `ggml_vec_swiglu_f32`: groups of 8 through the
 /// vector expf, the tail through libm's expf (ggml_silu_f32).
 pub fn swiglu(out: &mut [f32], g: &[f32], u: &[f32]) {
