@@ -52,7 +52,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Allocations made by 40 sampled decode steps after a 500-token prompt.
-fn decode_allocations(preset: &str, ty: SynthType) -> usize {
+fn decode_allocations(preset: &str, ty: SynthType, cfg: SamplerConfig) -> usize {
     let spec = synth::preset(preset).expect("preset");
     let mut bytes = Vec::new();
     synth::write(&spec, ty, 1, &mut bytes).expect("write a synthetic model");
@@ -67,10 +67,6 @@ fn decode_allocations(preset: &str, ty: SynthType) -> usize {
     session
         .eval(&prompt, false, &mut logits, None)
         .expect("prompt");
-    let cfg = SamplerConfig {
-        repeat_penalty: 1.1,
-        ..SamplerConfig::default()
-    };
     let mut sampler = Sampler::new(cfg, n_vocab);
     prompt.iter().for_each(|&t| sampler.accept(t));
     let mut step = |session: &mut Session<'_, CpuBackend>, logits: &mut Vec<f32>| {
@@ -99,7 +95,20 @@ fn decode_steps_do_not_allocate() {
         ("tiny-gemma3", SynthType::Uniform(GgmlType::Q8_0)),
         ("tiny-qwen2", SynthType::Uniform(GgmlType::Q4_1)),
     ] {
-        let n = decode_allocations(preset, ty);
-        assert_eq!(n, 0, "{preset}: {n} allocations in 40 decode steps");
+        // The candidate list (penalties, cuts), and the uncut draw.
+        let penalised = SamplerConfig {
+            repeat_penalty: 1.1,
+            ..SamplerConfig::default()
+        };
+        let uncut = SamplerConfig {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
+        for cfg in [penalised, uncut] {
+            let n = decode_allocations(preset, ty, cfg);
+            assert_eq!(n, 0, "{preset}: {n} allocations in 40 decode steps");
+        }
     }
 }

@@ -52,6 +52,24 @@ impl SamplerConfig {
     fn has_penalties(&self) -> bool {
         self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
+
+    /// The argmax of the raw logits.
+    fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 && !self.has_penalties()
+    }
+
+    fn cuts_by_probability(&self) -> bool {
+        self.top_p < 1.0 || self.min_p > 0.0
+    }
+
+    /// A draw from softmax(logits / T) over the whole vocabulary of
+    /// `n_vocab`: nothing changes or cuts the logits.
+    fn is_uncut(&self, n_vocab: usize) -> bool {
+        !self.is_greedy()
+            && !self.has_penalties()
+            && !self.cuts_by_probability()
+            && (self.top_k == 0 || self.top_k >= n_vocab)
+    }
 }
 
 pub struct Sampler {
@@ -71,11 +89,18 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(cfg: SamplerConfig, n_vocab: usize) -> Self {
         let n_recent = cfg.penalty_last_n;
+        // Only the buffers of this configuration's path, sized once: none
+        // grows while sampling.
+        let (list, uncut) = match (cfg.is_greedy(), cfg.is_uncut(n_vocab)) {
+            (true, _) => (0, 0),
+            (false, true) => (0, n_vocab),
+            (false, false) => (n_vocab, 0),
+        };
         Sampler {
             rng: StdRng::seed_from_u64(cfg.seed),
-            candidates: Vec::with_capacity(n_vocab),
-            weights: Vec::new(),
-            block_sums: Vec::new(),
+            candidates: Vec::with_capacity(list),
+            weights: Vec::with_capacity(uncut),
+            block_sums: Vec::with_capacity(uncut.div_ceil(DRAW_BLOCK)),
             recent: Vec::with_capacity(n_recent),
             recent_next: 0,
             counts: HashMap::with_capacity(n_recent),
@@ -110,11 +135,10 @@ impl Sampler {
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let cfg = self.cfg;
-        if cfg.temperature <= 0.0 && !cfg.has_penalties() {
+        if cfg.is_greedy() {
             return argmax(logits);
         }
-        let no_cuts = cfg.top_p >= 1.0 && cfg.min_p <= 0.0;
-        if no_cuts && (cfg.top_k == 0 || cfg.top_k >= logits.len()) && !cfg.has_penalties() {
+        if cfg.is_uncut(logits.len()) {
             return self.draw_from_logits(logits);
         }
         self.candidates.clear();
@@ -148,7 +172,7 @@ impl Sampler {
                 .select_nth_unstable_by(cfg.top_k - 1, by_logit_desc);
             self.candidates.truncate(cfg.top_k);
         }
-        if cfg.top_p >= 1.0 && cfg.min_p <= 0.0 {
+        if !cfg.cuts_by_probability() {
             // Nothing more to cut: draw from softmax(logits / T) in
             // vocabulary order, with no sort.
             softmax(&mut self.candidates, cfg.temperature);
@@ -221,9 +245,7 @@ impl Sampler {
         let inv_t = 1.0 / self.cfg.temperature;
         self.weights.resize(logits.len(), 0.0);
         for (w, &l) in self.weights.iter_mut().zip(logits) {
-            let z = (l - max) * inv_t;
-            let e = exp_nonpositive(z.max(NEGLIGIBLE));
-            *w = if z < NEGLIGIBLE { 0.0 } else { e };
+            *w = weight((l - max) * inv_t);
         }
         self.block_sums.clear();
         self.block_sums
@@ -320,6 +342,18 @@ fn exp_nonpositive(x: f32) -> f32 {
     p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+/// exp(z) for z = (logit - max) / temperature <= 0, or 0 where negligible;
+/// branch-free, so that a loop of it vectorises.
+#[inline(always)]
+fn weight(z: f32) -> f32 {
+    let e = exp_nonpositive(z.max(NEGLIGIBLE));
+    if z < NEGLIGIBLE {
+        0.0
+    } else {
+        e
+    }
+}
+
 /// Below this, `(value - max) / temperature` gives a weight under 4e-11
 /// of the largest one (which is 1): under the f32 rounding of the sum, so
 /// it is taken as 0 without an `exp`. Most of a real model's vocabulary is
@@ -332,8 +366,7 @@ fn softmax(c: &mut [(u32, f32)], temperature: f32) {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in c.iter_mut() {
-        let z = (x.1 - max) / temperature;
-        x.1 = if z < NEGLIGIBLE { 0.0 } else { z.exp() };
+        x.1 = weight((x.1 - max) / temperature);
         sum += x.1;
     }
     for x in c.iter_mut() {

@@ -300,9 +300,7 @@ pub fn dot(kernel: DotKernel, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f
 pub const DOT_ROWS_MAX: usize = 8;
 
 /// 32 bytes on a 32-byte boundary, the unit of [`pack_acts`]' layout: a
-/// block's quants are one aligned load. Read straight from the quantized
-/// rows (34- or 36-byte blocks), half of them straddle a cache line, and
-/// the batched kernel ran at about half its register-only floor.
+/// block's quants are one aligned load.
 #[derive(Clone, Copy, Default, Debug)]
 #[repr(C, align(32))]
 pub struct Chunk(pub [u8; 32]);
@@ -441,7 +439,7 @@ pub fn dot_rows(
     assert_eq!(w.len() % wrow, 0, "weight rows length");
     assert_eq!(out.len(), w.len() / wrow * t, "output length");
     #[cfg(target_arch = "x86_64")]
-    if x86::dot_rows(kernel, ty, n, w, wrow, packed, out) {
+    if x86::dot_rows(kernel, ty, n, w, wrow, t, packed, out) {
         return;
     }
     // Only the x86 kernels read the interleaved layout.

@@ -34,8 +34,16 @@ pub struct MatmulScratch {
     /// The integer kernel of each row; None for rows the tiled matmul takes.
     kernels: Vec<Option<DotKernel>>,
     /// Runs of consecutive rows sharing a kernel, at most
-    /// [`quarrel_quant::DOT_ROWS_MAX`] long: (first row, rows, kernel).
-    runs: Vec<(usize, usize, DotKernel)>,
+    /// [`quarrel_quant::DOT_ROWS_MAX`] long.
+    runs: Vec<Run>,
+}
+
+/// Rows that one `dot_rows` call serves together.
+struct Run {
+    rows: std::ops::Range<usize>,
+    kernel: DotKernel,
+    /// Where its interleaved activations are in `MatmulScratch::packed`.
+    packed: std::ops::Range<usize>,
 }
 
 impl MatmulScratch {
@@ -114,26 +122,32 @@ pub fn matmul(
     for (t, &kernel) in kernels.iter().enumerate() {
         let Some(kernel) = kernel else { continue };
         match scratch.runs.last_mut() {
-            Some((t0, len, k))
-                if *k == kernel && *t0 + *len == t && *len < quarrel_quant::DOT_ROWS_MAX =>
+            Some(r)
+                if r.kernel == kernel
+                    && r.rows.end == t
+                    && r.rows.len() < quarrel_quant::DOT_ROWS_MAX =>
             {
-                *len += 1
+                r.rows.end += 1
             }
-            _ => scratch.runs.push((t, 1, kernel)),
+            _ => scratch.runs.push(Run {
+                rows: t..t + 1,
+                kernel,
+                packed: 0..0,
+            }),
         }
     }
     // Each run's activations interleaved, once for every weight row, the
     // runs back to back.
-    let packed_len = |len| quarrel_quant::packed_acts_len(w.ty, k, len);
-    let total = scratch.runs.iter().map(|r| packed_len(r.1)).sum();
-    scratch
-        .packed
-        .resize(total, quarrel_quant::Chunk::default());
-    let mut rest = &mut scratch.packed[..];
-    for &(t0, len, _) in &scratch.runs {
-        let (p, tail) = rest.split_at_mut(packed_len(len));
-        quarrel_quant::pack_acts(w.ty, k, &scratch.act[t0 * act_row..(t0 + len) * act_row], p);
-        rest = tail;
+    let mut end = 0;
+    for r in &mut scratch.runs {
+        let len = quarrel_quant::packed_acts_len(w.ty, k, r.rows.len());
+        r.packed = end..end + len;
+        end += len;
+    }
+    scratch.packed.resize(end, quarrel_quant::Chunk::default());
+    for r in &scratch.runs {
+        let a = &scratch.act[r.rows.start * act_row..r.rows.end * act_row];
+        quarrel_quant::pack_acts(w.ty, k, a, &mut scratch.packed[r.packed.clone()]);
     }
     let (act, packed, runs) = (&scratch.act, &scratch.packed, &scratch.runs);
     let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
@@ -144,13 +158,12 @@ pub fn matmul(
         for r0 in task_rows.clone().step_by(ROWS_PER_CALL) {
             let r1 = (r0 + ROWS_PER_CALL).min(task_rows.end);
             let wr = w.rows_range(r0..r1);
-            let mut rest = &packed[..];
-            for &(t0, len, kernel) in runs {
-                let a = &act[t0 * act_row..(t0 + len) * act_row];
-                let (p, tail) = rest.split_at(packed_len(len));
-                rest = tail;
+            for run in runs {
+                let (t0, len) = (run.rows.start, run.rows.len());
+                let a = &act[t0 * act_row..run.rows.end * act_row];
+                let p = &packed[run.packed.clone()];
                 let o = &mut o[..(r1 - r0) * len];
-                quarrel_quant::dot_rows(kernel, w.ty, k, wr, a, p, o);
+                quarrel_quant::dot_rows(run.kernel, w.ty, k, wr, a, p, o);
                 for i in 0..len {
                     // SAFETY: weight rows r0..r1, output columns r0..r1, are
                     // this task's.

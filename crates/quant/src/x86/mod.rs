@@ -278,7 +278,7 @@ fn bit_set(v: __m256i, mask: u8) -> __m256i {
 
 /// Runs legacy kernel `$kernel` monomorphised for the format selector `$f`.
 macro_rules! by_format {
-    ($f:expr, $kernel:ident, $($arg:expr),* $(; $n:literal)?) => {
+    ($f:expr, $kernel:ident, $($arg:expr),* $(; $n:tt)?) => {
         // SAFETY (each call): the caller checked `available()` (AVX2, FMA,
         // F16C); the kernels check slice lengths themselves.
         unsafe {
@@ -321,58 +321,56 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32>
 
 /// `crate::dot_rows` where a kernel unpacks each weight block once for
 /// all the activation rows: the 32-element formats, Q6_K, and the repacked
-/// Q4_K gemv, for 2 to 8 rows interleaved by `crate::pack_acts` (one row
-/// runs the one-row kernels), over the weight rows of `wrow` bytes in `x`.
-/// Returns whether it ran.
+/// Q4_K gemv, for `t` = 2 to 8 rows interleaved by `crate::pack_acts` (one
+/// row runs the one-row kernels), over the weight rows of `wrow` bytes in
+/// `x`. Returns whether it ran.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
     n: usize,
     x: &[u8],
     wrow: usize,
+    t: usize,
     packed: &[crate::Chunk],
     out: &mut [f32],
 ) -> bool {
-    let t = out.len() / (x.len() / wrow).max(1);
     if !available() || t < 2 {
         return false;
     }
-    /// The kernel monomorphised for each row count, run on every weight row.
+    /// `$call` on every weight row `$x`, with `N`, the row count, a const.
     macro_rules! by_rows {
-        ($call:ident!($kernel:ident, $($arg:tt)*)) => {
+        ($x:ident => $call:expr) => {
             match t {
-                2 => by_rows!(@ $call!($kernel, $($arg)*; 2)),
-                3 => by_rows!(@ $call!($kernel, $($arg)*; 3)),
-                4 => by_rows!(@ $call!($kernel, $($arg)*; 4)),
-                5 => by_rows!(@ $call!($kernel, $($arg)*; 5)),
-                6 => by_rows!(@ $call!($kernel, $($arg)*; 6)),
-                7 => by_rows!(@ $call!($kernel, $($arg)*; 7)),
-                8 => by_rows!(@ $call!($kernel, $($arg)*; 8)),
+                2 => by_rows!(@ 2, $x => $call),
+                3 => by_rows!(@ 3, $x => $call),
+                4 => by_rows!(@ 4, $x => $call),
+                5 => by_rows!(@ 5, $x => $call),
+                6 => by_rows!(@ 6, $x => $call),
+                7 => by_rows!(@ 7, $x => $call),
+                8 => by_rows!(@ 8, $x => $call),
                 _ => panic!("at most {} rows per call", crate::DOT_ROWS_MAX),
             }
         };
-        (@ $call:ident!($kernel:ident, $f:expr; $n:literal)) => {
-            for (x, o) in x.chunks_exact(wrow).zip(out.chunks_exact_mut($n)) {
-                o.copy_from_slice(&$call!($kernel, $f, n, x, packed; $n));
+        (@ $n:literal, $x:ident => $call:expr) => {{
+            const N: usize = $n;
+            for ($x, o) in x.chunks_exact(wrow).zip(out.chunks_exact_mut(N)) {
+                o.copy_from_slice(&$call);
             }
-        };
+        }};
     }
-    macro_rules! k_quant {
-        ($kernel:ident, $f:expr, $($arg:expr),*; $n:literal) => {
-            // SAFETY: `available()` checked AVX2, FMA and F16C; the kernel
-            // checks slice lengths itself.
-            unsafe { k_quants::$kernel::<$n>($($arg),*) }
-        };
-    }
-    macro_rules! legacy {
-        ($kernel:ident, $f:expr, $($arg:expr),*; $n:literal) => {
-            by_format!($f, $kernel, $($arg),*; $n)
-        };
-    }
+    // SAFETY (each k-quant call): `available()` checked AVX2, FMA and
+    // F16C; the kernels check slice lengths themselves.
     match (kernel, ty, legacy_format(ty)) {
-        (DotKernel::VecDot, _, Some(f)) => by_rows!(legacy!(vec_dot_1xn, f)),
-        (DotKernel::VecDot, GgmlType::Q6K, _) => by_rows!(k_quant!(vec_dot_q6_k_q8_k_1xn, ())),
-        (DotKernel::Gemv, GgmlType::Q4K, _) => by_rows!(k_quant!(q4_k_gemv_1xn, ())),
+        (DotKernel::VecDot, _, Some(f)) => {
+            by_rows!(x => by_format!(f, vec_dot_1xn, n, x, packed; N))
+        }
+        (DotKernel::VecDot, GgmlType::Q6K, _) => {
+            by_rows!(x => unsafe { k_quants::vec_dot_q6_k_q8_k_1xn::<N>(n, x, packed) })
+        }
+        (DotKernel::Gemv, GgmlType::Q4K, _) => {
+            by_rows!(x => unsafe { k_quants::q4_k_gemv_1xn::<N>(n, x, packed) })
+        }
         _ => return false,
     }
     true
