@@ -18,26 +18,14 @@ const LOGPROB_TOLERANCE: f64 = 0.01;
 
 /// Understood deviations: (model, prompt prefix, bound, why). Each must
 /// still occur (the test fails when it disappears, so the list stays true).
-const KNOWN_LOGPROB_DRIFT: &[(&str, &str, f64, &str)] = &[
-    ("smol", "The history of computing", 0.25, TILED_MATMUL),
-    ("qwen05", "The history of computing", 0.25, TILED_MATMUL),
-    (
-        "gemma",
-        "The history of computing",
-        0.25,
-        "llama-server keeps a separate, pruned cache for gemma's windowed layers; \
+const KNOWN_LOGPROB_DRIFT: &[(&str, &str, f64, &str)] = &[(
+    "gemma",
+    "The history of computing",
+    0.25,
+    "llama-server keeps a separate, pruned cache for gemma's windowed layers; \
          decode steps past 512 positions attend over it in an order we do not \
-         reproduce yet; the prompt also goes through the f32 tiled matmul \
-         (tokens stay identical; measured drift 0.09)",
-    ),
-];
-
-/// Why long prompts drift: the only reference prompts of 32+ tokens.
-const TILED_MATMUL: &str = "prompts of 32+ tokens go through the f32 tiled matmul: the \
-     same quantized products as llama.cpp's integer kernels summed in another order; \
-     each layer re-quantizes its input to 8 bits, which turns last-bit differences \
-     into whole quantization steps (tokens stay identical; measured drift 0.12 on \
-     smol, 0.04 on qwen)";
+         reproduce yet (tokens stay identical; measured drift 0.13)",
+)];
 
 struct Outcome {
     identical: bool,

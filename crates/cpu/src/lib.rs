@@ -1,10 +1,6 @@
 //! The CPU backend. Weights are used in place from the memory map; every
 //! operation runs on one persistent thread pool.
 
-// Off x86 the tiled matmul is absent, and the pool and scratch helpers
-// that only it uses are idle.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-
 mod ops;
 mod pool;
 mod tensor;
@@ -98,12 +94,9 @@ impl Backend for CpuBackend {
     }
 
     fn prompt_kernels_min_rows(&self) -> usize {
-        // The tiled matmul unpacks every weight once per pass.
-        if ops::gemm::available() {
-            ops::gemm::GEMM_MIN_TOKENS
-        } else {
-            usize::MAX
-        }
+        // llama.cpp runs a prompt of this many tokens as one batch, through
+        // the tiled K-quant matmul and the repacked gemm.
+        quarrel_quant::TILED_MIN_BATCH
     }
 
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuTensor) {

@@ -131,24 +131,6 @@ impl Pool {
             f(i, unsafe { split.piece(i) })
         });
     }
-
-    /// [`Pool::for_each_chunk`] over two slices cut into the same number
-    /// of pieces: `f(i, a_piece, b_piece)`.
-    pub fn for_each_chunk2<A: Send, B: Send>(
-        &self,
-        a: &mut [A],
-        chunk_a: usize,
-        b: &mut [B],
-        chunk_b: usize,
-        f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
-    ) {
-        let (sa, sb) = (Split::new(a, chunk_a), Split::new(b, chunk_b));
-        assert_eq!(sa.count(), sb.count(), "slices cut into as many pieces");
-        self.for_each(sa.count(), |i| {
-            // SAFETY: each task index is handed out once per operation.
-            f(i, unsafe { sa.piece(i) }, unsafe { sb.piece(i) })
-        });
-    }
 }
 
 impl Drop for Pool {
@@ -291,20 +273,6 @@ impl<'a> ColumnSplit<'a> {
             ld,
             _borrow: std::marker::PhantomData,
         }
-    }
-
-    /// The element at (`row`, `col`).
-    ///
-    /// # Safety
-    /// Through the pointer the caller may reach only columns that no other
-    /// task accesses meanwhile, and only within the matrix.
-    pub unsafe fn at(&self, row: usize, col: usize) -> *mut f32 {
-        assert!(
-            row < self.rows && col < self.ld,
-            "({row}, {col}) outside the matrix"
-        );
-        // SAFETY: in bounds, checked just above.
-        unsafe { self.ptr.add(row * self.ld + col) }
     }
 
     /// Columns `cols` of row `row`.

@@ -33,7 +33,7 @@ fn engine(kv_blocks: usize) -> EngineHandle {
 }
 
 /// Distinct prompts of 5 to 80 tokens: some fit one chunk, some take two,
-/// some are long enough for the tiled matmul.
+/// some are long enough for the prompt kernels.
 fn prompts(n: usize) -> Vec<Vec<u32>> {
     (0..n)
         .map(|i| {

@@ -42,9 +42,9 @@ pub enum Kernels {
     /// numbers, which depend on how a sequence is split into batches).
     Batch,
     /// The same kernels for a row whatever it is batched with: prompt
-    /// tokens through the prompt kernels (the tiled matmul where there is
-    /// one), so a row's numbers never depend on chunking, batching or what
-    /// the prefix cache supplied.
+    /// tokens through the prompt kernels (those llama.cpp runs for most
+    /// rows of a long prompt), so a row's numbers never depend on chunking,
+    /// batching or what the prefix cache supplied.
     PromptRow,
     /// Likewise, through the single-token kernels (generated tokens, and
     /// prompts too short to repay the prompt kernels). Several such rows
@@ -99,7 +99,7 @@ pub trait Backend: Send + Sync {
     ) -> Self::KvCache;
     /// Bytes that one slot of such a cache takes, all layers together.
     fn kv_slot_bytes(&self, n_layer: usize, k_dim: usize, v_dim: usize) -> usize;
-    /// The shortest prompt whose rows repay the prompt kernels
+    /// The shortest prompt whose rows run the prompt kernels
     /// ([`Kernels::PromptRow`]); a shorter one goes through the token
     /// kernels. `usize::MAX` where the two are the same kernels.
     fn prompt_kernels_min_rows(&self) -> usize;

@@ -1,12 +1,13 @@
 //! Throughput of `dot_rows` on one core: one weight matrix of `rows` rows
-//! (L2-resident or streamed from memory) against 1 to 8 activation rows.
-//!   cargo run --release -p quarrel-quant --example dot_rows -- [TYPE] [N] [ROWS]
+//! (L2-resident or streamed from memory) against 1 to 8 activation rows;
+//! with `unpacked`, `dot_rows_unpacked` on the rows unpacked beforehand.
+//!   cargo run --release -p quarrel-quant --example dot_rows -- [TYPE] [N] [ROWS] [unpacked]
 use std::time::Instant;
 
 use quarrel_gguf::GgmlType;
 use quarrel_quant::{
-    dot_rows, pack_acts, packed_acts_len, quantize_activation_for, quantize_row, vec_dot_type,
-    Chunk, DotKernel,
+    dot_rows, dot_rows_unpacked, pack_acts, packed_acts_len, quantize_activation_for, quantize_row,
+    unpack_rows, vec_dot_type, Chunk, DotKernel,
 };
 
 fn main() {
@@ -42,15 +43,27 @@ fn main() {
     }
     let mut packed = vec![Chunk::default(); packed_acts_len(ty, n, rows_n)];
     pack_acts(ty, n, &act, &mut packed);
+    let blocks = rows * n / 32;
+    let (mut q, mut sc) = (vec![Chunk::default(); blocks], vec![[0f32; 2]; blocks]);
+    let unpacked = args.get(4).is_some_and(|a| a == "unpacked");
+    assert!(
+        !unpacked || unpack_rows(ty, n, &w, &mut q, &mut sc),
+        "{ty:?} unpacks"
+    );
     let mut out = vec![0f32; rows_n * 32];
     let mut sink = 0f32;
     let reps = (200_000_000 / (rows * n * rows_n)).max(1);
     for pass in 0..2 {
         let t = Instant::now();
         for _ in 0..reps {
-            for r in w.chunks(32 * wrow) {
+            for (i, r) in w.chunks(32 * wrow).enumerate() {
                 let out = &mut out[..r.len() / wrow * rows_n];
-                dot_rows(DotKernel::VecDot, ty, n, r, &act, &packed, out);
+                if unpacked {
+                    let b = i * 32 * n / 32..(i * 32 + r.len() / wrow) * n / 32;
+                    dot_rows_unpacked(ty, n, &q[b.clone()], &sc[b], rows_n, &packed, out);
+                } else {
+                    dot_rows(DotKernel::VecDot, ty, n, r, &act, &packed, out);
+                }
                 sink += out[0];
             }
         }
@@ -58,7 +71,7 @@ fn main() {
         let pairs = (reps * rows * rows_n * n / 32) as f64;
         if pass == 1 {
             println!(
-                "{ty:?} N={rows_n} rows={rows}: {:.2} ns per block pair, {:.1} G multiply-adds/s ({sink})",
+                "{ty:?} N={rows_n} rows={rows} unpacked={unpacked}: {:.2} ns per block pair, {:.1} G multiply-adds/s ({sink})",
                 s / pairs * 1e9,
                 pairs * 32.0 / s / 1e9
             );

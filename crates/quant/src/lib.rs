@@ -415,10 +415,11 @@ fn chunk_bytes_mut(c: &mut [Chunk]) -> &mut [u8] {
 /// `out[r * t + i]`, for `t` activation rows, is bit-identical to
 /// `dot(kernel, ty, n, weight row r, activation row i)`.
 ///
-/// On x86 with AVX2, the 32-element formats, Q6_K and the repacked Q4_K
-/// gemv run kernels that unpack each weight block once for all the rows and
-/// overlap their chains (the batched decode of several sequences);
-/// otherwise this is one [`dot`] per pair of rows.
+/// On x86 with AVX2, the 32-element formats, Q6_K (vec_dot and tiled) and
+/// the repacked Q4_K gemv and gemm run kernels that unpack each weight
+/// block once for all the rows and overlap their chains (prompts, and the
+/// batched decode of several sequences); otherwise this is one [`dot`] per
+/// pair of rows.
 pub fn dot_rows(
     kernel: DotKernel,
     ty: GgmlType,
@@ -449,6 +450,73 @@ pub fn dot_rows(
         for (o, a) in o.iter_mut().zip(act.chunks_exact(stride)) {
             *o = dot(kernel, ty, n, x, a);
         }
+    }
+}
+
+/// Unpacks weight rows of `ty` (`n` elements each, back to back in `w`)
+/// for [`dot_rows_unpacked`]: each 32-element block's quants widened to
+/// one [`Chunk`] of bytes, its scales (d, and m where the format has one)
+/// to f32, `n / 32` of each per row. A prompt's runs of activation rows
+/// then share one unpacking of each weight block. Returns false, writing
+/// nothing, where there is no such kernel (types other than Q4_0, Q4_1,
+/// Q5_0, Q5_1 and Q8_0, or a CPU without AVX2): [`dot_rows`] serves those.
+pub fn unpack_rows(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    quants: &mut [Chunk],
+    scales: &mut [[f32; 2]],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if ty.block_size() == legacy::QK {
+        let wrow = ty
+            .row_bytes(n as u64)
+            .expect("row length checked by the caller") as usize;
+        let rows = w.len() / wrow;
+        assert_eq!(w.len(), rows * wrow, "weight rows length");
+        assert_eq!(
+            quants.len(),
+            rows * (n / legacy::QK),
+            "unpacked quants length"
+        );
+        assert_eq!(scales.len(), quants.len(), "unpacked scales length");
+        return x86::unpack_rows(ty, n, w, wrow, quants, scales);
+    }
+    let _ = (ty, n, w, quants, scales);
+    false
+}
+
+/// [`dot_rows`] with [`DotKernel::VecDot`] on weight rows unpacked by
+/// [`unpack_rows`], against `rows` (1 to [`DOT_ROWS_MAX`]) activation rows
+/// interleaved by [`pack_acts`]: the same bits.
+///
+/// # Panics
+/// If [`unpack_rows`] could not have unpacked rows of `ty` here.
+pub fn dot_rows_unpacked(
+    ty: GgmlType,
+    n: usize,
+    quants: &[Chunk],
+    scales: &[[f32; 2]],
+    rows: usize,
+    packed: &[Chunk],
+    out: &mut [f32],
+) {
+    assert!(
+        (1..=DOT_ROWS_MAX).contains(&rows),
+        "1 to {DOT_ROWS_MAX} rows"
+    );
+    assert_eq!(scales.len(), quants.len(), "unpacked scales length");
+    assert_eq!(
+        out.len(),
+        quants.len() / (n / legacy::QK) * rows,
+        "output length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    x86::dot_rows_unpacked(ty, n, quants, scales, rows, packed, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, packed);
+        panic!("no unpacked weight rows off x86");
     }
 }
 

@@ -87,6 +87,17 @@ impl MatmulPath {
             MatmulPath::Repacked => DotKernel::Gemv,
         }
     }
+
+    /// The kernel for a row of a long prompt, whatever it is batched with:
+    /// the one ggml runs for most rows of a large batch.
+    #[inline]
+    pub fn prompt_kernel(self) -> DotKernel {
+        match self {
+            MatmulPath::VecDot => DotKernel::VecDot,
+            MatmulPath::Tiled => DotKernel::Tiled,
+            MatmulPath::Repacked => DotKernel::Gemm,
+        }
+    }
 }
 
 #[cfg(test)]

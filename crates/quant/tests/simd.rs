@@ -8,9 +8,10 @@
 //! scalar models and the tests prove nothing (they say so on stderr).
 
 use quarrel_quant::{
-    dequantize_row, dequantize_row_scalar, dot, dot_rows, float, k_quants, legacy, pack_acts,
-    packed_acts_len, quantize_activation, quantize_activation_for, quantize_activation_scalar,
-    vec_dot, vec_dot_scalar, vec_dot_type, Chunk, DotKernel, GgmlType, DOT_ROWS_MAX,
+    dequantize_row, dequantize_row_scalar, dot, dot_rows, dot_rows_unpacked, float, k_quants,
+    legacy, pack_acts, packed_acts_len, quantize_activation, quantize_activation_for,
+    quantize_activation_scalar, unpack_rows, vec_dot, vec_dot_scalar, vec_dot_type, Chunk,
+    DotKernel, GgmlType, DOT_ROWS_MAX,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -329,18 +330,34 @@ fn dot_rows_matches_single_dots() {
                 let single =
                     |r: usize, t: usize| dot(kernel, ty, n, &ws[r], &acts[t * row..][..row]);
                 let w = ws.concat();
+                let blocks = ws.len() * n / ty.block_size();
+                let mut q = vec![Chunk([0x5A; 32]); blocks];
+                let mut s = vec![[f32::NAN; 2]; blocks];
+                let unpacked = unpack_rows(ty, n, &w, &mut q, &mut s).then_some((q, s));
+                let legacy = matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0);
+                if quarrel_quant::simd_enabled() {
+                    assert_eq!(unpacked.is_some(), legacy, "{ty}: unpack_rows");
+                }
                 for rows in 1..=DOT_ROWS_MAX {
                     let mut out = vec![f32::NAN; ws.len() * rows];
                     let mut packed = vec![Chunk([0xA5; 32]); packed_acts_len(ty, n, rows)];
                     pack_acts(ty, n, &acts[..rows * row], &mut packed);
                     dot_rows(kernel, ty, n, &w, &acts[..rows * row], &packed, &mut out);
-                    for (i, &got) in out.iter().enumerate() {
-                        let (r, t) = (i / rows, i % rows);
-                        assert_eq!(
-                            got.to_bits(),
-                            single(r, t).to_bits(),
-                            "seed {seed}: {ty} {kernel:?} n={n} weight row {r}, row {t} of {rows}"
-                        );
+                    let check = |out: &[f32], how: &str| {
+                        for (i, &got) in out.iter().enumerate() {
+                            let (r, t) = (i / rows, i % rows);
+                            assert_eq!(
+                                got.to_bits(),
+                                single(r, t).to_bits(),
+                                "seed {seed}: {ty} {kernel:?} {how} n={n} weight row {r}, row {t} of {rows}"
+                            );
+                        }
+                    };
+                    check(&out, "dot_rows");
+                    if let (DotKernel::VecDot, Some((q, s))) = (kernel, &unpacked) {
+                        out.fill(f32::NAN);
+                        dot_rows_unpacked(ty, n, q, s, rows, &packed, &mut out);
+                        check(&out, "dot_rows_unpacked");
                     }
                 }
             }

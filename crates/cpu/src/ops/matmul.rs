@@ -15,7 +15,8 @@
 use crate::pool::{ColumnSplit, Pool};
 use crate::tensor::{CpuTensor, CpuWeight};
 use quarrel_model::{Kernels, RowGroup};
-use quarrel_quant::DotKernel;
+use quarrel_quant::{DotKernel, MatmulPath};
+use std::sync::Mutex;
 
 /// The fewest weight rows per task: a task is worth a few microseconds.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -27,15 +28,22 @@ const ROWS_PER_CALL: usize = 32;
 
 pub struct MatmulScratch {
     act: Vec<u8>,
-    /// Activations rounded through the dot type, for the tiled matmul.
-    xq: Vec<f32>,
     /// Each run's activations interleaved ([`quarrel_quant::pack_acts`]).
     packed: Vec<quarrel_quant::Chunk>,
-    /// The integer kernel of each row; None for rows the tiled matmul takes.
-    kernels: Vec<Option<DotKernel>>,
+    /// The kernel of each row.
+    kernels: Vec<DotKernel>,
     /// Runs of consecutive rows sharing a kernel, at most
     /// [`quarrel_quant::DOT_ROWS_MAX`] long.
     runs: Vec<Run>,
+    /// One per thread: weight rows unpacked once for all the runs.
+    unpacked: Vec<Mutex<Unpacked>>,
+}
+
+/// Weight rows unpacked by [`quarrel_quant::unpack_rows`].
+#[derive(Default)]
+struct Unpacked {
+    quants: Vec<quarrel_quant::Chunk>,
+    scales: Vec<[f32; 2]>,
 }
 
 /// Rows that one `dot_rows` call serves together.
@@ -50,10 +58,10 @@ impl MatmulScratch {
     pub fn new() -> Self {
         MatmulScratch {
             act: Vec::new(),
-            xq: Vec::new(),
             packed: Vec::new(),
             kernels: Vec::new(),
             runs: Vec::new(),
+            unpacked: Vec::new(),
         }
     }
 }
@@ -76,34 +84,13 @@ pub fn matmul(
     for g in groups {
         let len = g.rows.len();
         let per_row = |t: usize| match g.kernels {
-            Kernels::Batch if super::gemm::applies(len) => None,
-            Kernels::Batch => Some(path.kernel(t, len)),
-            Kernels::PromptRow if super::gemm::available() => None,
-            Kernels::PromptRow | Kernels::TokenRow => Some(path.kernel(0, 1)),
+            Kernels::Batch => path.kernel(t, len),
+            Kernels::PromptRow => path.prompt_kernel(),
+            Kernels::TokenRow => path.kernel(0, 1),
         };
         scratch.kernels.extend((0..len).map(per_row));
     }
     assert_eq!(scratch.kernels.len(), n, "matmul groups cover the rows");
-    // The tiled matmul gives each row the same bits whatever rows it runs
-    // with, so each contiguous run of its rows is one call.
-    #[cfg(target_arch = "x86_64")]
-    {
-        let mut t = 0;
-        while t < n {
-            if scratch.kernels[t].is_some() {
-                t += 1;
-                continue;
-            }
-            let end = (t..n).find(|&e| scratch.kernels[e].is_some()).unwrap_or(n);
-            let (act, xq) = (&mut scratch.act, &mut scratch.xq);
-            super::gemm::round_activations(pool, w.ty, &x.live()[t * k..end * k], k, act, xq);
-            super::gemm::matmul(pool, xq, w, &mut out.live_mut()[t * m..end * m]);
-            t = end;
-        }
-    }
-    if scratch.kernels.iter().all(Option::is_none) {
-        return;
-    }
     let kernels = &scratch.kernels;
     let dot_ty = quarrel_quant::vec_dot_type(w.ty);
     let act_row = dot_ty
@@ -113,14 +100,11 @@ pub fn matmul(
     scratch.act.resize(n * act_row, 0);
     let src = x.live();
     pool.for_each_chunk(&mut scratch.act, act_row, |t, dst| {
-        if let Some(kernel) = kernels[t] {
-            let src = &src[t * k..][..k];
-            quarrel_quant::quantize_activation_for(kernel, w.ty, src, dst).expect("sizes match");
-        }
+        let src = &src[t * k..][..k];
+        quarrel_quant::quantize_activation_for(kernels[t], w.ty, src, dst).expect("sizes match");
     });
     scratch.runs.clear();
     for (t, &kernel) in kernels.iter().enumerate() {
-        let Some(kernel) = kernel else { continue };
         match scratch.runs.last_mut() {
             Some(r)
                 if r.kernel == kernel
@@ -149,21 +133,50 @@ pub fn matmul(
         let a = &scratch.act[r.rows.start * act_row..r.rows.end * act_row];
         quarrel_quant::pack_acts(w.ty, k, a, &mut scratch.packed[r.packed.clone()]);
     }
+    // Several runs (a prompt) share one unpacking of each weight block
+    // where the format has such a kernel.
+    let unpack = path == MatmulPath::VecDot && scratch.runs.len() > 1;
+    if unpack {
+        scratch
+            .unpacked
+            .resize_with(pool.threads(), Default::default);
+    }
     let (act, packed, runs) = (&scratch.act, &scratch.packed, &scratch.runs);
+    let unpacked = &scratch.unpacked;
     let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
     let out = ColumnSplit::new(out.live_mut(), m);
     pool.for_each(m.div_ceil(rows), |task| {
         let mut o = [0f32; ROWS_PER_CALL * quarrel_quant::DOT_ROWS_MAX];
+        // At most one task per thread runs at a time, so one buffer is free.
+        // At most one task per thread runs at a time, so one buffer is free.
+        let mut buf = unpack
+            .then(|| unpacked.iter().find_map(|b| b.try_lock().ok()))
+            .flatten();
         let task_rows = task * rows..((task + 1) * rows).min(m);
         for r0 in task_rows.clone().step_by(ROWS_PER_CALL) {
             let r1 = (r0 + ROWS_PER_CALL).min(task_rows.end);
             let wr = w.rows_range(r0..r1);
+            let un = match buf.as_deref_mut() {
+                Some(b) => {
+                    let blocks = (r1 - r0) * (k / w.ty.block_size());
+                    b.quants.resize(blocks, quarrel_quant::Chunk::default());
+                    b.scales.resize(blocks, [0.0; 2]);
+                    let (q, s) = (&mut b.quants, &mut b.scales);
+                    quarrel_quant::unpack_rows(w.ty, k, wr, q, s).then_some(&*b)
+                }
+                None => None,
+            };
             for run in runs {
                 let (t0, len) = (run.rows.start, run.rows.len());
                 let a = &act[t0 * act_row..run.rows.end * act_row];
                 let p = &packed[run.packed.clone()];
                 let o = &mut o[..(r1 - r0) * len];
-                quarrel_quant::dot_rows(run.kernel, w.ty, k, wr, a, p, o);
+                match un {
+                    Some(u) => {
+                        quarrel_quant::dot_rows_unpacked(w.ty, k, &u.quants, &u.scales, len, p, o)
+                    }
+                    None => quarrel_quant::dot_rows(run.kernel, w.ty, k, wr, a, p, o),
+                }
                 for i in 0..len {
                     // SAFETY: weight rows r0..r1, output columns r0..r1, are
                     // this task's.

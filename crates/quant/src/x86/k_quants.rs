@@ -369,17 +369,22 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
     acc.0 - acc.1
 }
 
-/// The repacked Q4_K gemv's output for `N` activation rows interleaved by
-/// `crate::pack_acts` in `p`: each super-block is unpacked once for all of
-/// them.
+/// The repacked Q4_K gemv's (`per_pair` false) or gemm's output for `N`
+/// activation rows interleaved by `crate::pack_acts` in `p`: each
+/// super-block is unpacked once for all of them.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_k_gemv_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
+pub(super) fn q4_k_repacked_1xn<const N: usize>(
+    n: usize,
+    x: &[u8],
+    p: &[Chunk],
+    per_pair: bool,
+) -> [f32; N] {
     check(n, x.len(), Q4_K_BYTES);
     let mut acc = [(0f32, 0f32); N];
     for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, N, p)) {
         let b = k4_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
-            k4_repacked_step(&b, packed_q8_k(slots, t), false, acc);
+            k4_repacked_step(&b, packed_q8_k(slots, t), per_pair, acc);
         }
     }
     acc.map(|(a, m)| a - m)
@@ -447,24 +452,43 @@ pub(super) fn tiled_dot_k4(n: usize, x: &[u8], y: &[u8], q5: bool) -> f32 {
 /// Q6_K: the quants minus 32 as the difference of two `maddubs` products
 /// (within i16: at most 2 * 63 * 128 + 2 * 32 * 128), not through the
 /// block sums as the vec_dot does.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tiled_q6_step(b: &Q6Block, by: &[u8], acc: f32) -> f32 {
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..8 {
+        let a = q8(by, c);
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(b.quants[c], a),
+            _mm256_maddubs_epi16(_mm256_set1_epi8(32), a),
+        );
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(b.scales[c], p));
+    }
+    tiled_step(acc, f32_le(by), b.d, hsum_i32_8(sumi), None)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn tiled_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     check(n, x.len(), Q6_K_BYTES);
     check(n, y.len(), Q8_K_BYTES);
     let mut acc = 0f32;
     for (bx, by) in x.chunks_exact(Q6_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
-        let sc = bytes::<16>(bx, 192);
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..8 {
-            let a = q8(by, c);
-            let p = _mm256_sub_epi16(
-                _mm256_maddubs_epi16(q6_chunk(bx, c), a),
-                _mm256_maddubs_epi16(_mm256_set1_epi8(32), a),
-            );
-            let s = scales_16x2(i32::from(sc[2 * c] as i8), i32::from(sc[2 * c + 1] as i8));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+        acc = tiled_q6_step(&q6_unpack(bx), by, acc);
+    }
+    acc
+}
+
+/// [`tiled_dot_q6_k_q8_k`] for one weight row against `N` activation rows
+/// interleaved by `crate::pack_acts` in `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn tiled_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chunk]) -> [f32; N] {
+    check(n, x.len(), Q6_K_BYTES);
+    let mut acc = [0f32; N];
+    for (bx, slots) in x.chunks_exact(Q6_K_BYTES).zip(super_block_slots(n, N, p)) {
+        let b = q6_unpack(bx);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            *acc = tiled_q6_step(&b, packed_q8_k(slots, t), *acc);
         }
-        acc = tiled_step(acc, f32_le(by), f16_at(bx, 208), hsum_i32_8(sumi), None);
     }
     acc
 }

@@ -2,6 +2,7 @@
 //! the lane layouts these follow, are in `crate::legacy`.
 
 use std::arch::x86_64::*;
+use std::slice::ChunksExact;
 
 use super::{
     bytes, bytes_from_bits_32, f16_at, f16_bits, f16_pair, f16x2_at, hsum_float_8, hsum_i32_8,
@@ -119,6 +120,78 @@ fn broadcast_from_memory(x: &f32) -> __m256 {
     v
 }
 
+/// The scale products of a block, aligned so that the broadcasts read them
+/// back from one cache line.
+#[repr(align(32))]
+struct Lanes([f32; 8]);
+
+/// The state of [`vec_dot`] for `N` activation rows at once.
+struct Acc1xn<const N: usize> {
+    acc: [__m256; N],
+    summs: __m256,
+    dd: Lanes,
+}
+
+impl<const N: usize> Acc1xn<N> {
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn new() -> Self {
+        assert!(N <= crate::DOT_ROWS_MAX, "at most eight rows");
+        Acc1xn {
+            acc: [_mm256_setzero_ps(); N],
+            summs: _mm256_setzero_ps(),
+            dd: Lanes([0.0; 8]),
+        }
+    }
+
+    /// One weight block (quants `qx` as [`weight_quants`] gives them; d, and
+    /// m where the format has one, in the low lanes of `dm`) against the
+    /// rows' interleaved block `pb`: the one-row kernel's arithmetic.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block<const F: u8>(&mut self, qx: __m256i, dm: __m128, pb: &[crate::Chunk]) {
+        let with_min = layout(F).2;
+        let per = if with_min { 2 } else { 1 };
+        let dx = _mm256_broadcastss_ps(dm);
+        store_ps(&mut self.dd.0, 0, _mm256_mul_ps(dx, chunk_ps(&pb[0])));
+        let ax = _mm256_sign_epi8(qx, qx);
+        if with_min {
+            // ggml's scalar `summs += m * s`, FMA-contracted, one lane per row.
+            let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            self.summs = _mm256_fmadd_ps(m, chunk_ps(&pb[1]), self.summs);
+        }
+        for (t, acc) in self.acc.iter_mut().enumerate() {
+            let qy = chunk_i8(&pb[per + t]);
+            let p = if with_min {
+                mul_sum_us8_pairs(qx, qy)
+            } else {
+                mul_sum_us8_pairs(ax, _mm256_sign_epi8(qy, qx))
+            };
+            let d = broadcast_from_memory(&self.dd.0[t]);
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn finish<const F: u8>(&self) -> [f32; N] {
+        let mut s = [0f32; 8];
+        store_ps(&mut s, 0, self.summs);
+        std::array::from_fn(|t| finish::<F>(self.acc[t], s[t]))
+    }
+}
+
+/// The interleaved activation blocks of `N` rows, one slice per block.
+fn packed_blocks<const F: u8>(
+    n: usize,
+    p: &[crate::Chunk],
+    rows: usize,
+) -> ChunksExact<'_, crate::Chunk> {
+    let per = if layout(F).2 { 2 } else { 1 };
+    assert_eq!(p.len(), n / QK * (per + rows), "packed activations");
+    p.chunks_exact(per + rows)
+}
+
 /// [`vec_dot`] for one weight row against `N` (at most 8) activation rows
 /// interleaved by `crate::pack_acts` in `p`. Each weight block is unpacked
 /// once for all `N`, the `N` scale products are one vector multiply, and
@@ -131,45 +204,54 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     x: &[u8],
     p: &[crate::Chunk],
 ) -> [f32; N] {
-    let (wb, _, with_min) = layout(F);
-    check(n, x.len(), wb);
-    let per = if with_min { 2 } else { 1 };
-    assert!(N <= crate::DOT_ROWS_MAX, "at most eight rows");
-    let stride = per + N;
-    assert_eq!(p.len(), n / QK * stride, "packed activations");
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut summs = _mm256_setzero_ps();
-    // The scale products of a block, aligned so that the broadcasts read
-    // them back from one cache line.
-    #[repr(align(32))]
-    struct Lanes([f32; 8]);
-    let mut dd = Lanes([0.0; 8]);
-    for (bx, pb) in x.chunks_exact(wb).zip(p.chunks_exact(stride)) {
-        let qx = weight_quants::<F>(bx);
+    check(n, x.len(), layout(F).0);
+    let mut a = Acc1xn::<N>::new();
+    for (bx, pb) in x.chunks_exact(layout(F).0).zip(packed_blocks::<F>(n, p, N)) {
         // (d, m), or d and two quant bytes: one 32-bit load, no merge into
         // a live register (see `f16_pair`).
-        let dm = f16x2_at(bx, 0);
-        let dx = _mm256_broadcastss_ps(dm);
-        store_ps(&mut dd.0, 0, _mm256_mul_ps(dx, chunk_ps(&pb[0])));
-        let ax = _mm256_sign_epi8(qx, qx);
-        if with_min {
-            // ggml's scalar `summs += m * s`, FMA-contracted, one lane per row.
-            let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-            summs = _mm256_fmadd_ps(m, chunk_ps(&pb[1]), summs);
-        }
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let qy = chunk_i8(&pb[per + t]);
-            let p = if with_min {
-                mul_sum_us8_pairs(qx, qy)
-            } else {
-                mul_sum_us8_pairs(ax, _mm256_sign_epi8(qy, qx))
-            };
-            *acc = _mm256_fmadd_ps(broadcast_from_memory(&dd.0[t]), _mm256_cvtepi32_ps(p), *acc);
-        }
+        a.block::<F>(weight_quants::<F>(bx), f16x2_at(bx, 0), pb);
     }
-    let mut s = [0f32; 8];
-    store_ps(&mut s, 0, summs);
-    std::array::from_fn(|t| finish::<F>(acc[t], s[t]))
+    a.finish::<F>()
+}
+
+/// One weight row of format `F` as [`vec_dot_unpacked_1xn`] reads it: each
+/// block's quants as [`weight_quants`] gives them, its d and m (0 without
+/// one) as f32.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn unpack_row<const F: u8>(
+    n: usize,
+    x: &[u8],
+    quants: &mut [crate::Chunk],
+    scales: &mut [[f32; 2]],
+) {
+    let (wb, _, with_min) = layout(F);
+    check(n, x.len(), wb);
+    assert_eq!(quants.len(), n / QK, "unpacked quants");
+    assert_eq!(scales.len(), n / QK, "unpacked scales");
+    for ((bx, q), s) in x.chunks_exact(wb).zip(quants).zip(scales) {
+        store_256(&mut q.0, weight_quants::<F>(bx));
+        let d = f16_at(bx, 0);
+        *s = [d, if with_min { f16_at(bx, 2) } else { 0.0 }];
+    }
+}
+
+/// [`vec_dot_1xn`] on a weight row unpacked by [`unpack_row`]: a prompt's
+/// runs of activation rows then share one unpacking of each weight block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_unpacked_1xn<const F: u8, const N: usize>(
+    n: usize,
+    quants: &[crate::Chunk],
+    scales: &[[f32; 2]],
+    p: &[crate::Chunk],
+) -> [f32; N] {
+    assert_eq!(quants.len(), n / QK, "unpacked quants");
+    assert_eq!(scales.len(), n / QK, "unpacked scales");
+    let mut a = Acc1xn::<N>::new();
+    let blocks = quants.iter().zip(scales).zip(packed_blocks::<F>(n, p, N));
+    for ((q, &[d, m]), pb) in blocks {
+        a.block::<F>(chunk_i8(q), _mm_setr_ps(d, m, 0.0, 0.0), pb);
+    }
+    a.finish::<F>()
 }
 
 /// A chunk's eight f32 lanes.

@@ -319,9 +319,75 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> Option<f32>
     })
 }
 
+/// `$call` for each weight row `$x` of the iterator `$rows`, into `N`
+/// outputs each of `$out`, with `N`, the activation row count `$t` (1 to
+/// 8), a const.
+macro_rules! by_rows {
+    ($t:expr, $rows:expr, $out:expr, $x:pat => $call:expr) => {
+        match $t {
+            1 => by_rows!(@ 1, $rows, $out, $x => $call),
+            2 => by_rows!(@ 2, $rows, $out, $x => $call),
+            3 => by_rows!(@ 3, $rows, $out, $x => $call),
+            4 => by_rows!(@ 4, $rows, $out, $x => $call),
+            5 => by_rows!(@ 5, $rows, $out, $x => $call),
+            6 => by_rows!(@ 6, $rows, $out, $x => $call),
+            7 => by_rows!(@ 7, $rows, $out, $x => $call),
+            8 => by_rows!(@ 8, $rows, $out, $x => $call),
+            _ => panic!("1 to {} rows per call", crate::DOT_ROWS_MAX),
+        }
+    };
+    (@ $n:literal, $rows:expr, $out:expr, $x:pat => $call:expr) => {{
+        const N: usize = $n;
+        for ($x, o) in $rows.zip($out.chunks_exact_mut(N)) {
+            o.copy_from_slice(&$call);
+        }
+    }};
+}
+
+/// `crate::unpack_rows`: the weight rows of `wrow` bytes in `x`. Returns
+/// whether it ran.
+pub(crate) fn unpack_rows(
+    ty: GgmlType,
+    n: usize,
+    x: &[u8],
+    wrow: usize,
+    quants: &mut [crate::Chunk],
+    scales: &mut [[f32; 2]],
+) -> bool {
+    let Some(f) = legacy_format(ty).filter(|_| available()) else {
+        return false;
+    };
+    let nb = n / crate::legacy::QK;
+    let rows = x.chunks_exact(wrow);
+    for ((x, q), s) in rows
+        .zip(quants.chunks_exact_mut(nb))
+        .zip(scales.chunks_exact_mut(nb))
+    {
+        by_format!(f, unpack_row, n, x, q, s);
+    }
+    true
+}
+
+/// `crate::dot_rows_unpacked` for `t` activation rows.
+pub(crate) fn dot_rows_unpacked(
+    ty: GgmlType,
+    n: usize,
+    quants: &[crate::Chunk],
+    scales: &[[f32; 2]],
+    t: usize,
+    packed: &[crate::Chunk],
+    out: &mut [f32],
+) {
+    let f = legacy_format(ty).expect("rows unpacked by unpack_rows");
+    assert!(available(), "rows unpacked by unpack_rows");
+    let nb = n / crate::legacy::QK;
+    let rows = quants.chunks_exact(nb).zip(scales.chunks_exact(nb));
+    by_rows!(t, rows, out, (q, s) => by_format!(f, vec_dot_unpacked_1xn, n, q, s, packed; N));
+}
+
 /// `crate::dot_rows` where a kernel unpacks each weight block once for
-/// all the activation rows: the 32-element formats, Q6_K, and the repacked
-/// Q4_K gemv, for `t` = 2 to 8 rows interleaved by `crate::pack_acts` (one
+/// all the activation rows: the 32-element formats, Q6_K (vec_dot and
+/// tiled), and the repacked Q4_K gemv and gemm, for `t` = 2 to 8 rows interleaved by `crate::pack_acts` (one
 /// row runs the one-row kernels), over the weight rows of `wrow` bytes in
 /// `x`. Returns whether it ran.
 #[allow(clippy::too_many_arguments)]
@@ -338,38 +404,22 @@ pub(crate) fn dot_rows(
     if !available() || t < 2 {
         return false;
     }
-    /// `$call` on every weight row `$x`, with `N`, the row count, a const.
-    macro_rules! by_rows {
-        ($x:ident => $call:expr) => {
-            match t {
-                2 => by_rows!(@ 2, $x => $call),
-                3 => by_rows!(@ 3, $x => $call),
-                4 => by_rows!(@ 4, $x => $call),
-                5 => by_rows!(@ 5, $x => $call),
-                6 => by_rows!(@ 6, $x => $call),
-                7 => by_rows!(@ 7, $x => $call),
-                8 => by_rows!(@ 8, $x => $call),
-                _ => panic!("at most {} rows per call", crate::DOT_ROWS_MAX),
-            }
-        };
-        (@ $n:literal, $x:ident => $call:expr) => {{
-            const N: usize = $n;
-            for ($x, o) in x.chunks_exact(wrow).zip(out.chunks_exact_mut(N)) {
-                o.copy_from_slice(&$call);
-            }
-        }};
-    }
+    let rows = || x.chunks_exact(wrow);
     // SAFETY (each k-quant call): `available()` checked AVX2, FMA and
     // F16C; the kernels check slice lengths themselves.
     match (kernel, ty, legacy_format(ty)) {
         (DotKernel::VecDot, _, Some(f)) => {
-            by_rows!(x => by_format!(f, vec_dot_1xn, n, x, packed; N))
+            by_rows!(t, rows(), out, x => by_format!(f, vec_dot_1xn, n, x, packed; N))
         }
         (DotKernel::VecDot, GgmlType::Q6K, _) => {
-            by_rows!(x => unsafe { k_quants::vec_dot_q6_k_q8_k_1xn::<N>(n, x, packed) })
+            by_rows!(t, rows(), out, x => unsafe { k_quants::vec_dot_q6_k_q8_k_1xn::<N>(n, x, packed) })
         }
-        (DotKernel::Gemv, GgmlType::Q4K, _) => {
-            by_rows!(x => unsafe { k_quants::q4_k_gemv_1xn::<N>(n, x, packed) })
+        (DotKernel::Tiled, GgmlType::Q6K, _) => {
+            by_rows!(t, rows(), out, x => unsafe { k_quants::tiled_dot_q6_k_q8_k_1xn::<N>(n, x, packed) })
+        }
+        (DotKernel::Gemv | DotKernel::Gemm, GgmlType::Q4K, _) => {
+            let per_pair = kernel == DotKernel::Gemm;
+            by_rows!(t, rows(), out, x => unsafe { k_quants::q4_k_repacked_1xn::<N>(n, x, packed, per_pair) })
         }
         _ => return false,
     }
