@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use super::legacy::pack_i32x32;
 use super::{
     bit_set, bytes, crumbs, f16_at, f16_pair, hsum_float_8, hsum_i32_8, i32x4, load_128, load_256,
-    load_ps, scales_16x2, store_256, store_i8x32, Affine,
+    load_ps, scales_16x2, store_256, store_i8x32, store_ps, Affine,
 };
 use crate::float::f32_le;
 use crate::k_quants::{
@@ -371,7 +371,9 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
 
 /// The repacked Q4_K gemv's (`per_pair` false) or gemm's output for `N`
 /// activation rows interleaved by `crate::pack_acts` in `p`: each
-/// super-block is unpacked once for all of them.
+/// super-block is unpacked once for all of them, and the rows' horizontal
+/// sums and scalar FMAs ([`k4_repacked_step`]) run one row per lane, with
+/// the same integers and the same f32 operations in the same order.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_k_repacked_1xn<const N: usize>(
     n: usize,
@@ -380,14 +382,90 @@ pub(super) fn q4_k_repacked_1xn<const N: usize>(
     per_pair: bool,
 ) -> [f32; N] {
     check(n, x.len(), Q4_K_BYTES);
-    let mut acc = [(0f32, 0f32); N];
+    assert!(N <= 8, "at most eight rows");
+    let zero = _mm256_setzero_si256();
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, N, p)) {
         let b = k4_unpack(bx);
-        for (t, acc) in acc.iter_mut().enumerate() {
-            k4_repacked_step(&b, packed_q8_k(slots, t), per_pair, acc);
+        let by = |t: usize| packed_q8_k(slots, t);
+        let d8 = std::array::from_fn::<f32, 8, _>(|t| if t < N { f32_le(by(t)) } else { 0.0 });
+        let d8 = load_ps(&d8, 0);
+        let d = _mm256_mul_ps(_mm256_set1_ps(b.d), d8);
+        let dmin = _mm256_mul_ps(_mm256_set1_ps(b.m), d8);
+        // mins[p], lane t: row t's mins term of pair p.
+        let m = std::array::from_fn::<__m128i, 8, _>(|t| {
+            if t < N {
+                k4_mins(by(t), &b.mins)
+            } else {
+                _mm_setzero_si128()
+            }
+        });
+        let mins = transpose_4x8(m);
+        let pair = |t: usize, p: usize| {
+            if t >= N {
+                return zero;
+            }
+            let (q, by) = (&b.quants, by(t));
+            _mm256_add_epi32(
+                scaled_chunk(q[2 * p], by, 2 * p, b.scales[2 * p]),
+                scaled_chunk(q[2 * p + 1], by, 2 * p + 1, b.scales[2 * p + 1]),
+            )
+        };
+        if per_pair {
+            for (p, &pair_min) in mins.iter().enumerate() {
+                let sums = hsums_8(std::array::from_fn(|t| pair(t, p)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), d, acc);
+                acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair_min), dmin, acc_min);
+            }
+        } else {
+            let lanes =
+                std::array::from_fn(|t| (0..4).fold(zero, |a, p| _mm256_add_epi32(a, pair(t, p))));
+            let imin = mins.iter().fold(zero, |a, &m| _mm256_add_epi32(a, m));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsums_8(lanes)), d, acc);
+            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), dmin, acc_min);
         }
     }
-    acc.map(|(a, m)| a - m)
+    let mut out = [0f32; 8];
+    store_ps(&mut out, 0, _mm256_sub_ps(acc, acc_min));
+    std::array::from_fn(|t| out[t])
+}
+
+/// Lane t: the wrapping sum of the eight i32 lanes of `v[t]` (integer
+/// sums: any order gives the same result).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsums_8(v: [__m256i; 8]) -> __m256i {
+    // Per 128-bit half, hadd of (x, y) is [x0+x1, x2+x3, y0+y1, y2+y3]:
+    // twice over, each half holds rows 0..3 (4..7) summed over its lanes.
+    let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(ab, cd),
+        _mm256_permute2x128_si256::<0x31>(ab, cd),
+    )
+}
+
+/// `out[p]`, lane t: lane p of `m[t]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose_4x8(m: [__m128i; 8]) -> [__m256i; 4] {
+    // Rows 0..3 in the low halves, 4..7 in the high ones; then a 4 x 4
+    // transpose within each half.
+    let r: [__m256i; 4] = std::array::from_fn(|j| _mm256_set_m128i(m[4 + j], m[j]));
+    let (t0, t1) = (
+        _mm256_unpacklo_epi32(r[0], r[1]),
+        _mm256_unpacklo_epi32(r[2], r[3]),
+    );
+    let (t2, t3) = (
+        _mm256_unpackhi_epi32(r[0], r[1]),
+        _mm256_unpackhi_epi32(r[2], r[3]),
+    );
+    [
+        _mm256_unpacklo_epi64(t0, t1),
+        _mm256_unpackhi_epi64(t0, t1),
+        _mm256_unpacklo_epi64(t2, t3),
+        _mm256_unpackhi_epi64(t2, t3),
+    ]
 }
 
 // ------------------------------------------------------------ tiled matmul
