@@ -318,8 +318,9 @@ fn dot_rows_matches_single_dots() {
         let act_ty = vec_dot_type(ty);
         for kernel in kernels(ty) {
             for n in lengths(ty) {
-                // Three weight rows, to check the output layout as well.
-                let ws: Vec<Vec<u8>> = (0..3).map(|_| random_row(&mut rng, ty, n)).collect();
+                // Six weight rows: the output layout, and the one-row
+                // kernel's four rows at a time plus a remainder.
+                let ws: Vec<Vec<u8>> = (0..6).map(|_| random_row(&mut rng, ty, n)).collect();
                 let mut acts = Vec::new();
                 for _ in 0..DOT_ROWS_MAX {
                     let mut a = bytes_for(act_ty, n);

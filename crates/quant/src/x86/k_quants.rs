@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::legacy::pack_i32x32;
+use super::legacy::prefetch_ahead;
 use super::{
     bit_set, bytes, crumbs, f16_at, f16_pair, hsum_float_8, hsum_i32_8, i32x4, load_128, load_256,
     load_ps, scales_16x2, store_256, store_i8x32, store_ps, Affine,
@@ -242,6 +243,7 @@ pub(super) fn vec_dot_q6_k_q8_k(n: usize, x: &[u8], y: &[u8]) -> f32 {
     check(n, y.len(), Q8_K_BYTES);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.chunks_exact(Q6_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        prefetch_ahead(bx);
         acc = q6_step(&q6_unpack(bx), by, acc);
     }
     hsum_float_8(acc)
@@ -255,6 +257,7 @@ pub(super) fn vec_dot_q6_k_q8_k_1xn<const N: usize>(n: usize, x: &[u8], p: &[Chu
     check(n, x.len(), Q6_K_BYTES);
     let mut acc = [_mm256_setzero_ps(); N];
     for (bx, slots) in x.chunks_exact(Q6_K_BYTES).zip(super_block_slots(n, N, p)) {
+        prefetch_ahead(bx);
         let b = q6_unpack(bx);
         for (t, acc) in acc.iter_mut().enumerate() {
             *acc = q6_step(&b, packed_q8_k(slots, t), *acc);
@@ -364,6 +367,7 @@ pub(super) fn q4_k_repacked_dot(n: usize, x: &[u8], y: &[u8], per_pair: bool) ->
     check(n, y.len(), Q8_K_BYTES);
     let mut acc = (0f32, 0f32);
     for (bx, by) in x.chunks_exact(Q4_K_BYTES).zip(y.chunks_exact(Q8_K_BYTES)) {
+        prefetch_ahead(bx);
         k4_repacked_step(&k4_unpack(bx), by, per_pair, &mut acc);
     }
     acc.0 - acc.1
@@ -386,6 +390,7 @@ pub(super) fn q4_k_repacked_1xn<const N: usize>(
     let zero = _mm256_setzero_si256();
     let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (bx, slots) in x.chunks_exact(Q4_K_BYTES).zip(super_block_slots(n, N, p)) {
+        prefetch_ahead(bx);
         let b = k4_unpack(bx);
         let by = |t: usize| packed_q8_k(slots, t);
         let d8 = std::array::from_fn::<f32, 8, _>(|t| if t < N { f32_le(by(t)) } else { 0.0 });

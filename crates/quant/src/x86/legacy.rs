@@ -73,6 +73,23 @@ fn finish<const F: u8>(acc: __m256, summs: f32) -> f32 {
     }
 }
 
+/// How far ahead of the block in use the kernels that stream weight rows
+/// prefetch them: without it, decode stalled on weight loads at about 45%
+/// of the memory bandwidth that a plain sequential read reaches.
+pub(super) const PREFETCH_AHEAD: usize = 1024;
+
+/// Prefetches the weight bytes [`PREFETCH_AHEAD`] past `block`, a cache
+/// line per 64 bytes of it (they may lie past the row: the next rows
+/// follow it, and a prefetch never faults).
+#[inline]
+#[target_feature(enable = "sse")]
+pub(super) fn prefetch_ahead(block: &[u8]) {
+    for at in (0..block.len()).step_by(64) {
+        let p = block.as_ptr().wrapping_add(PREFETCH_AHEAD + at);
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+}
+
 /// ggml's x86 AVX2 `ggml_vec_dot_<F>_<q8>`: per block, the scalar `m * s`
 /// sum (FMA-contracted) for formats with a min, then one 8-lane FMA of d
 /// with the integer pair sums.
@@ -83,6 +100,7 @@ pub(super) fn vec_dot<const F: u8>(n: usize, x: &[u8], y: &[u8]) -> f32 {
     check(n, y.len(), ab);
     let (mut acc, mut summs) = (_mm256_setzero_ps(), 0f32);
     for (bx, by) in x.chunks_exact(wb).zip(y.chunks_exact(ab)) {
+        prefetch_ahead(bx);
         let (qx, qy) = (weight_quants::<F>(bx), load_256(bytes(by, ab - 32)));
         let (q, d) = if with_min {
             // Both blocks start with two f16s: (d, m) and (d, s).
@@ -207,6 +225,7 @@ pub(super) fn vec_dot_1xn<const F: u8, const N: usize>(
     check(n, x.len(), layout(F).0);
     let mut a = Acc1xn::<N>::new();
     for (bx, pb) in x.chunks_exact(layout(F).0).zip(packed_blocks::<F>(n, p, N)) {
+        prefetch_ahead(bx);
         // (d, m), or d and two quant bytes: one 32-bit load, no merge into
         // a live register (see `f16_pair`).
         a.block::<F>(weight_quants::<F>(bx), f16x2_at(bx, 0), pb);
