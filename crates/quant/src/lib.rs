@@ -440,7 +440,7 @@ pub fn dot_rows(
     assert_eq!(w.len() % wrow, 0, "weight rows length");
     assert_eq!(out.len(), w.len() / wrow * t, "output length");
     #[cfg(target_arch = "x86_64")]
-    if x86::dot_rows(kernel, ty, n, w, wrow, t, packed, out) {
+    if x86::dot_rows(kernel, ty, n, w, wrow, t, act, packed, out) {
         return;
     }
     // Only the x86 kernels read the interleaved layout.

@@ -119,6 +119,22 @@ pub(super) fn vec_dot<const F: u8>(n: usize, x: &[u8], y: &[u8]) -> f32 {
     finish::<F>(acc, summs)
 }
 
+/// [`vec_dot`] of each weight row of `wrow` bytes in `x` with the one
+/// activation row `y`: the per-row dispatch of `crate::dot` had been a
+/// tenth of decode on rows of 576 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_rows<const F: u8>(
+    n: usize,
+    x: &[u8],
+    wrow: usize,
+    y: &[u8],
+    out: &mut [f32],
+) {
+    for (x, o) in x.chunks_exact(wrow).zip(out) {
+        *o = vec_dot::<F>(n, x, y);
+    }
+}
+
 /// `*x` in all eight lanes by `vbroadcastss` from memory: a load, where
 /// LLVM would otherwise turn a just-stored vector's lane into a shuffle on
 /// the ports the integer dot products need.

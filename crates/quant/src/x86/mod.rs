@@ -385,11 +385,13 @@ pub(crate) fn dot_rows_unpacked(
     by_rows!(t, rows, out, (q, s) => by_format!(f, vec_dot_unpacked_1xn, n, q, s, packed; N));
 }
 
-/// `crate::dot_rows` where a kernel unpacks each weight block once for
-/// all the activation rows: the 32-element formats, Q6_K (vec_dot and
-/// tiled), and the repacked Q4_K gemv and gemm, for `t` = 2 to 8 rows interleaved by `crate::pack_acts` (one
-/// row runs the one-row kernels), over the weight rows of `wrow` bytes in
-/// `x`. Returns whether it ran.
+/// `crate::dot_rows` over the weight rows of `wrow` bytes in `x`, where
+/// there is a batched kernel: for `t` = 2 to 8 activation rows (`act`,
+/// interleaved by `crate::pack_acts` in `packed`), the 32-element formats,
+/// Q6_K (vec_dot and tiled) and the repacked Q4_K gemv and gemm unpack
+/// each weight block once for all of them; for one activation row, the
+/// 32-element formats' vec_dot runs row after row without the per-row
+/// dispatch. Returns whether it ran.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dot_rows(
     kernel: DotKernel,
@@ -398,11 +400,21 @@ pub(crate) fn dot_rows(
     x: &[u8],
     wrow: usize,
     t: usize,
+    act: &[u8],
     packed: &[crate::Chunk],
     out: &mut [f32],
 ) -> bool {
-    if !available() || t < 2 {
+    if !available() {
         return false;
+    }
+    if t == 1 {
+        return match (kernel, legacy_format(ty)) {
+            (DotKernel::VecDot, Some(f)) => {
+                by_format!(f, vec_dot_rows, n, x, wrow, act, out);
+                true
+            }
+            _ => false,
+        };
     }
     let rows = || x.chunks_exact(wrow);
     // SAFETY (each k-quant call): `available()` checked AVX2, FMA and
