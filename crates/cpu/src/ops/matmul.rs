@@ -5,7 +5,9 @@
 //! contiguous range of weight rows and dots every row with every token,
 //! up to eight tokens at a time where they share a kernel
 //! ([`quarrel_quant::dot_rows`]: each weight block unpacked once for all of
-//! them; the same bits as single dots).
+//! them; the same bits as single dots). A prompt has many such runs: for
+//! the 32-element formats a thread unpacks each slice of weight rows once
+//! for all of them ([`quarrel_quant::unpack_rows`]).
 //! Which kernel (and which activation quantizer) serves a token follows
 //! ggml's x86 path for the matrix: repacked Q4_0 / Q4_K matrices use the
 //! gemm for whole groups of four tokens and the gemv for the rest; other
@@ -147,7 +149,6 @@ pub fn matmul(
     let out = ColumnSplit::new(out.live_mut(), m);
     pool.for_each(m.div_ceil(rows), |task| {
         let mut o = [0f32; ROWS_PER_CALL * quarrel_quant::DOT_ROWS_MAX];
-        // At most one task per thread runs at a time, so one buffer is free.
         // At most one task per thread runs at a time, so one buffer is free.
         let mut buf = unpack
             .then(|| unpacked.iter().find_map(|b| b.try_lock().ok()))
