@@ -453,37 +453,48 @@ pub fn dot_rows(
     }
 }
 
+/// Whether [`unpack_rows`] and [`dot_rows_unpacked`] serve weights of
+/// `ty` here: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 on a CPU with AVX2;
+/// [`dot_rows`] serves the rest.
+pub fn unpacks(ty: GgmlType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::unpacks(ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        false
+    }
+}
+
 /// Unpacks weight rows of `ty` (`n` elements each, back to back in `w`)
 /// for [`dot_rows_unpacked`]: each 32-element block's quants widened to
 /// one [`Chunk`] of bytes, its scales (d, and m where the format has one)
 /// to f32, `n / 32` of each per row. A prompt's runs of activation rows
-/// then share one unpacking of each weight block. Returns false, writing
-/// nothing, where there is no such kernel (types other than Q4_0, Q4_1,
-/// Q5_0, Q5_1 and Q8_0, or a CPU without AVX2): [`dot_rows`] serves those.
+/// then share one unpacking of each weight block.
+///
+/// # Panics
+/// Unless [`unpacks`]`(ty)`, or if the slices do not hold whole rows.
 pub fn unpack_rows(
     ty: GgmlType,
     n: usize,
     w: &[u8],
     quants: &mut [Chunk],
     scales: &mut [[f32; 2]],
-) -> bool {
+) {
+    assert!(unpacks(ty), "no unpacked kernel for {ty} here");
+    let wrow = ty
+        .row_bytes(n as u64)
+        .expect("row length checked by the caller") as usize;
+    let rows = w.len() / wrow;
+    assert_eq!(w.len(), rows * wrow, "weight rows length");
+    assert_eq!(
+        quants.len(),
+        rows * (n / legacy::QK),
+        "unpacked quants length"
+    );
+    assert_eq!(scales.len(), quants.len(), "unpacked scales length");
     #[cfg(target_arch = "x86_64")]
-    if ty.block_size() == legacy::QK {
-        let wrow = ty
-            .row_bytes(n as u64)
-            .expect("row length checked by the caller") as usize;
-        let rows = w.len() / wrow;
-        assert_eq!(w.len(), rows * wrow, "weight rows length");
-        assert_eq!(
-            quants.len(),
-            rows * (n / legacy::QK),
-            "unpacked quants length"
-        );
-        assert_eq!(scales.len(), quants.len(), "unpacked scales length");
-        return x86::unpack_rows(ty, n, w, wrow, quants, scales);
-    }
-    let _ = (ty, n, w, quants, scales);
-    false
+    x86::unpack_rows(ty, n, w, wrow, quants, scales);
 }
 
 /// [`dot_rows`] with [`DotKernel::VecDot`] on weight rows unpacked by
@@ -491,7 +502,7 @@ pub fn unpack_rows(
 /// interleaved by [`pack_acts`]: the same bits.
 ///
 /// # Panics
-/// If [`unpack_rows`] could not have unpacked rows of `ty` here.
+/// Unless [`unpacks`]`(ty)`.
 pub fn dot_rows_unpacked(
     ty: GgmlType,
     n: usize,

@@ -137,7 +137,8 @@ pub fn matmul(
     }
     // Several runs (a prompt) share one unpacking of each weight block
     // where the format has such a kernel.
-    let unpack = path == MatmulPath::VecDot && scratch.runs.len() > 1;
+    let unpack =
+        path == MatmulPath::VecDot && scratch.runs.len() > 1 && quarrel_quant::unpacks(w.ty);
     if unpack {
         scratch
             .unpacked
@@ -157,16 +158,13 @@ pub fn matmul(
         for r0 in task_rows.clone().step_by(ROWS_PER_CALL) {
             let r1 = (r0 + ROWS_PER_CALL).min(task_rows.end);
             let wr = w.rows_range(r0..r1);
-            let un = match buf.as_deref_mut() {
-                Some(b) => {
-                    let blocks = (r1 - r0) * (k / w.ty.block_size());
-                    b.quants.resize(blocks, quarrel_quant::Chunk::default());
-                    b.scales.resize(blocks, [0.0; 2]);
-                    let (q, s) = (&mut b.quants, &mut b.scales);
-                    quarrel_quant::unpack_rows(w.ty, k, wr, q, s).then_some(&*b)
-                }
-                None => None,
-            };
+            let un = buf.as_deref_mut().map(|b| {
+                let blocks = (r1 - r0) * (k / w.ty.block_size());
+                b.quants.resize(blocks, quarrel_quant::Chunk::default());
+                b.scales.resize(blocks, [0.0; 2]);
+                quarrel_quant::unpack_rows(w.ty, k, wr, &mut b.quants, &mut b.scales);
+                &*b
+            });
             for run in runs {
                 let (t0, len) = (run.rows.start, run.rows.len());
                 let a = &act[t0 * act_row..run.rows.end * act_row];

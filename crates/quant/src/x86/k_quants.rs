@@ -5,10 +5,9 @@
 use std::arch::x86_64::*;
 
 use super::legacy::pack_i32x32;
-use super::legacy::prefetch_ahead;
 use super::{
     bit_set, bytes, crumbs, f16_at, f16_pair, hsum_float_8, hsum_i32_8, i32x4, load_128, load_256,
-    load_ps, scales_16x2, store_256, store_i8x32, store_ps, Affine,
+    load_ps, prefetch_ahead, scales_16x2, store_256, store_i8x32, store_ps, Affine,
 };
 use crate::float::f32_le;
 use crate::k_quants::{
