@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use quarrel_cpu::CpuBackend;
+use quarrel_cuda::CudaBackend;
 use quarrel_gguf::GgufFile;
-use quarrel_model::Model;
+use quarrel_model::{Backend, Model};
 use quarrel_tokenizer::Tokenizer;
 
 /// The model that `scripts/fetch-models.sh` fetches first.
@@ -38,19 +39,78 @@ pub fn resolve_model(arg: Option<&Path>) -> Result<PathBuf> {
     Ok(p)
 }
 
-pub struct Loaded {
+/// Where a model runs (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The first CUDA device if there is one, else the CPU (saying why).
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("{s:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+pub struct Loaded<B: Backend> {
     pub file: GgufFile,
-    pub model: Model<CpuBackend>,
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
+}
+
+/// What a command does with a loaded model, for any backend.
+pub trait WithModel {
+    type Output;
+    fn run<B: Backend + 'static>(self, loaded: Loaded<B>) -> Result<Self::Output>;
 }
 
 pub fn open(path: &Path) -> Result<GgufFile> {
     Ok(GgufFile::open(path)?)
 }
 
-pub fn load(path: &Path, threads: usize) -> Result<Loaded> {
+/// Loads the model at `path` on `device` and hands it to `cmd`.
+pub fn with_model<W: WithModel>(
+    path: &Path,
+    device: Device,
+    threads: usize,
+    cmd: W,
+) -> Result<W::Output> {
+    let cuda = match device {
+        Device::Cpu => Err(None),
+        Device::Cuda(n) => {
+            Ok(CudaBackend::new(n).with_context(|| format!("cannot use CUDA device {n}"))?)
+        }
+        Device::Auto => CudaBackend::new(0).map_err(Some),
+    };
+    match cuda {
+        Ok(b) => cmd.run(load(path, b)?),
+        Err(why) => {
+            // Commands print the backend's description, which says why.
+            let mut cpu = CpuBackend::new(threads);
+            if let Some(e) = why {
+                cpu = cpu.with_fallback_reason(e.to_string());
+            }
+            cmd.run(load(path, cpu)?)
+        }
+    }
+}
+
+pub fn load<B: Backend>(path: &Path, backend: B) -> Result<Loaded<B>> {
     let file = open(path)?;
-    let model = Model::load(&file, CpuBackend::new(threads))
+    let model = Model::load(&file, backend)
         .with_context(|| format!("{}: cannot load the model", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(file.metadata())
         .with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;

@@ -20,6 +20,8 @@ use pool::Pool;
 pub struct CpuBackend {
     pool: Pool,
     matmul_scratch: Mutex<MatmulScratch>,
+    /// Why no GPU is used, when one was looked for.
+    fallback: Option<String>,
 }
 
 impl CpuBackend {
@@ -33,7 +35,14 @@ impl CpuBackend {
         CpuBackend {
             pool: Pool::new(threads),
             matmul_scratch: Mutex::new(MatmulScratch::new()),
+            fallback: None,
         }
+    }
+
+    /// Records why no GPU is used; [`Backend::describe`] says it.
+    pub fn with_fallback_reason(mut self, reason: String) -> Self {
+        self.fallback = Some(reason);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -47,7 +56,10 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", self.threads())
+        match &self.fallback {
+            Some(why) => format!("cpu ({} threads; no GPU used: {why})", self.threads()),
+            None => format!("cpu ({} threads)", self.threads()),
+        }
     }
 
     fn load_weight(&self, file: &GgufFile, info: &TensorInfo) -> Result<CpuWeight, ModelError> {
@@ -197,7 +209,8 @@ impl Backend for CpuBackend {
             .for_each(|v| *v = c * (*v / c).tanh());
     }
 
-    fn read(&self, t: &CpuTensor, dst: &mut [f32]) {
+    fn read(&self, t: &CpuTensor, dst: &mut [f32]) -> Result<(), ModelError> {
         dst.copy_from_slice(t.live());
+        Ok(())
     }
 }

@@ -411,7 +411,7 @@ impl<B: Backend> Engine<B> {
         result?;
         let n_vocab = self.model.config.n_vocab;
         self.logits.resize(self.outputs.len() * n_vocab, 0.0);
-        self.model.read_logits(&self.scratch, &mut self.logits);
+        self.model.read_logits(&self.scratch, &mut self.logits)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::ops::Range;
 use quarrel_gguf::{GgufFile, TensorInfo};
 
 use crate::config::{FfnActivation, RopeStyle};
+use crate::model::Batch;
 use crate::ModelError;
 
 /// Rotary embedding of one Q or K tensor.
@@ -104,6 +105,26 @@ pub trait Backend: Send + Sync {
     /// kernels. `usize::MAX` where the two are the same kernels.
     fn prompt_kernels_min_rows(&self) -> usize;
 
+    /// Called at the start of each forward pass. The slices that `embed`,
+    /// `rope`, `attention` and `gather_rows` then receive are this batch's;
+    /// a device backend copies them over once here and uses its copy (so it
+    /// runs one batch at a time). An error is one the backend met, in this
+    /// call or since the last check.
+    fn begin_batch(&self, _batch: &Batch<'_>) -> Result<(), ModelError> {
+        Ok(())
+    }
+
+    /// Runs `ops`, the operations of one forward pass after `begin_batch`.
+    /// A device backend may record the work they queue and replay the
+    /// recording when the same work comes again (CUDA graphs): what changes
+    /// from step to step (tokens, positions, slots) is in the batch it copied.
+    fn run_recorded(
+        &self,
+        ops: &mut dyn FnMut() -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        ops()
+    }
+
     /// out[i] = dequantized row `tokens[i]` of `table`.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor);
     fn scale(&self, x: &mut Self::Tensor, s: f32);
@@ -155,6 +176,7 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize], out: &mut Self::Tensor);
     /// x = c * tanh(x / c)
     fn softcap(&self, x: &mut Self::Tensor, c: f32);
-    /// Copies the live rows to the host, row-major.
-    fn read(&self, t: &Self::Tensor, dst: &mut [f32]);
+    /// Copies the live rows to the host, row-major (waiting for the
+    /// device); an error is one the backend met since the last check.
+    fn read(&self, t: &Self::Tensor, dst: &mut [f32]) -> Result<(), ModelError>;
 }

@@ -44,6 +44,8 @@ pub enum ModelError {
     Batch(String),
     #[error("context full: {needed} positions needed, the context holds {n_ctx}")]
     ContextFull { needed: usize, n_ctx: usize },
+    #[error("backend: {0}")]
+    Backend(String),
     #[error("token id {token} is outside the vocabulary of {n_vocab}")]
     BadToken { token: u32, n_vocab: usize },
 }

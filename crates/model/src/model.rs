@@ -115,7 +115,7 @@ impl<B: Backend> Model<B> {
         batch: &Batch<'_>,
         cache: &mut B::KvCache,
         s: &mut Scratch<B>,
-        mut sink: Option<&mut (dyn ActivationSink + '_)>,
+        sink: Option<&mut (dyn ActivationSink + '_)>,
     ) -> Result<(), ModelError> {
         let n = batch.tokens.len();
         if n == 0 || n > s.max_rows || batch.positions.len() != n {
@@ -133,6 +133,26 @@ impl<B: Backend> Model<B> {
             )));
         }
         group_rows(batch, &mut s.groups, &mut s.out_groups)?;
+        let b = &self.backend;
+        b.begin_batch(batch)?;
+        if sink.is_some() {
+            // Reads in between: run the operations as they come.
+            self.operations(batch, cache, s, sink)
+        } else {
+            b.run_recorded(&mut || self.operations(batch, cache, s, None))
+        }
+    }
+
+    /// The forward pass's operations, after the batch has been checked and
+    /// handed to the backend.
+    fn operations(
+        &self,
+        batch: &Batch<'_>,
+        cache: &mut B::KvCache,
+        s: &mut Scratch<B>,
+        mut sink: Option<&mut (dyn ActivationSink + '_)>,
+    ) -> Result<(), ModelError> {
+        let n = batch.tokens.len();
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         for t in [
             &mut s.x,
@@ -155,21 +175,22 @@ impl<B: Backend> Model<B> {
             if let Some(sink) = sink.as_deref_mut() {
                 let (rows, cols) = b.shape(t);
                 let mut host = vec![0.0; rows * cols];
-                b.read(t, &mut host);
+                b.read(t, &mut host)?;
                 sink.record(name, layer, rows, cols, &host);
             }
+            Ok::<(), ModelError>(())
         };
 
         b.embed(&w.tok_embd, batch.tokens, &mut s.x);
         if c.embed_scale != 1.0 {
             b.scale(&mut s.x, c.embed_scale);
         }
-        dump("inp_embd", None, &s.x);
+        dump("inp_embd", None, &s.x)?;
 
         for (il, layer) in w.layers.iter().enumerate() {
             let l = Some(il);
             b.rms_norm(&s.x, &layer.attn_norm, c.norm_eps, &mut s.xn);
-            dump("attn_norm", l, &s.xn);
+            dump("attn_norm", l, &s.xn)?;
 
             self.project_qkv(layer, s);
             if let Some(qn) = &layer.q_norm {
@@ -192,9 +213,9 @@ impl<B: Backend> Model<B> {
             if c.q_scale != 1.0 {
                 b.scale(&mut s.q, c.q_scale);
             }
-            dump("q", l, &s.q);
-            dump("k", l, &s.k);
-            dump("v", l, &s.v);
+            dump("q", l, &s.q)?;
+            dump("k", l, &s.k)?;
+            dump("v", l, &s.v)?;
 
             let params = AttnParams {
                 n_head: c.n_head,
@@ -215,7 +236,7 @@ impl<B: Backend> Model<B> {
                 &params,
                 &mut s.attn,
             );
-            dump("attn_out", l, &s.attn);
+            dump("attn_out", l, &s.attn)?;
 
             b.matmul(&s.attn, &layer.wo, &mut s.proj, &s.groups);
             if let Some(bias) = &layer.wo_bias {
@@ -224,35 +245,35 @@ impl<B: Backend> Model<B> {
             if let Some(pn) = &layer.post_attn_norm {
                 b.rms_norm_inplace(&mut s.proj, pn, c.norm_eps);
             }
-            dump("attn_proj", l, &s.proj);
+            dump("attn_proj", l, &s.proj)?;
             b.add(&mut s.x, &s.proj);
-            dump("ffn_inp", l, &s.x);
+            dump("ffn_inp", l, &s.x)?;
 
             b.rms_norm(&s.x, &layer.ffn_norm, c.norm_eps, &mut s.xn);
-            dump("ffn_norm", l, &s.xn);
+            dump("ffn_norm", l, &s.xn)?;
             match &layer.gate_up {
                 GateUpWeights::Split { gate, up } => {
                     let up_t = s.up.as_mut().expect("scratch matches the weights");
                     b.matmul(&s.xn, gate, &mut s.gate, &s.groups);
                     b.matmul(&s.xn, up, up_t, &s.groups);
-                    dump("ffn_gate", l, &s.gate);
-                    dump("ffn_up", l, up_t);
+                    dump("ffn_gate", l, &s.gate)?;
+                    dump("ffn_up", l, up_t)?;
                     b.glu(&s.gate, Some(up_t), c.activation, &mut s.act);
                 }
                 GateUpWeights::Fused(gate_up) => {
                     b.matmul(&s.xn, gate_up, &mut s.gate, &s.groups);
-                    dump("ffn_gate_up", l, &s.gate);
+                    dump("ffn_gate_up", l, &s.gate)?;
                     b.glu(&s.gate, None, c.activation, &mut s.act);
                 }
             }
-            dump("ffn_act", l, &s.act);
+            dump("ffn_act", l, &s.act)?;
             b.matmul(&s.act, &layer.down, &mut s.ffn_out, &s.groups);
             if let Some(pn) = &layer.post_ffn_norm {
                 b.rms_norm_inplace(&mut s.ffn_out, pn, c.norm_eps);
             }
-            dump("ffn_out", l, &s.ffn_out);
+            dump("ffn_out", l, &s.ffn_out)?;
             b.add(&mut s.x, &s.ffn_out);
-            dump("l_out", l, &s.x);
+            dump("l_out", l, &s.x)?;
         }
 
         b.set_rows(&mut s.out_x, batch.outputs.len());
@@ -262,7 +283,7 @@ impl<B: Backend> Model<B> {
         }
         b.gather_rows(&s.x, batch.outputs, &mut s.out_x);
         b.rms_norm_inplace(&mut s.out_x, &w.output_norm, c.norm_eps);
-        dump("result_norm", None, &s.out_x);
+        dump("result_norm", None, &s.out_x)?;
         b.matmul(
             &s.out_x,
             w.output.as_ref().unwrap_or(&w.tok_embd),
@@ -272,7 +293,7 @@ impl<B: Backend> Model<B> {
         if c.final_logit_softcap > 0.0 {
             b.softcap(&mut s.logits, c.final_logit_softcap);
         }
-        dump("result_output", None, &s.logits);
+        dump("result_output", None, &s.logits)?;
         Ok(())
     }
 
@@ -310,8 +331,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Copies the logits of the last forward pass (outputs × vocab).
-    pub fn read_logits(&self, s: &Scratch<B>, dst: &mut [f32]) {
-        self.backend.read(&s.logits, dst);
+    pub fn read_logits(&self, s: &Scratch<B>, dst: &mut [f32]) -> Result<(), ModelError> {
+        self.backend.read(&s.logits, dst)
     }
 }
 

@@ -144,7 +144,7 @@ impl<'m, B: Backend> Session<'m, B> {
         if !self.outputs.is_empty() {
             let old = logits.len();
             logits.resize(old + self.outputs.len() * self.model.config.n_vocab, 0.0);
-            self.model.read_logits(&self.scratch, &mut logits[old..]);
+            self.model.read_logits(&self.scratch, &mut logits[old..])?;
         }
         Ok(())
     }

@@ -209,8 +209,11 @@ struct TensorPlan {
 struct Rng(u64);
 
 impl Rng {
+    /// What each draw adds to the state.
+    const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0 = self.0.wrapping_add(Self::STEP);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -428,8 +431,10 @@ pub fn write(spec: &SynthSpec, ty: SynthType, seed: u64, out: &mut impl Write) -
             factors,
         )?;
     }
-    let mut row = Vec::new();
-    let mut bytes = Vec::new();
+    // Rows are quantized on every core, a slab at a time: a model at 8B
+    // shapes takes minutes on one.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut slab = Vec::new();
     w.write_to(out, |name, out| {
         let p = plans
             .iter()
@@ -437,25 +442,57 @@ pub fn write(spec: &SynthSpec, ty: SynthType, seed: u64, out: &mut impl Write) -
             .expect("every declared tensor has a plan");
         let cols = p.dims[0] as usize;
         let rows: usize = p.dims[1..].iter().map(|&d| d as usize).product();
-        let mut rng = Rng(name_seed(seed, name));
-        row.resize(cols, 0.0);
-        bytes.resize(
-            p.ty.row_bytes(cols as u64).expect("planned whole blocks") as usize,
-            0,
-        );
-        for _ in 0..rows {
-            for v in row.iter_mut() {
-                *v = if p.scale == 0.0 {
-                    1.0
-                } else {
-                    p.scale * rng.uniform()
-                };
-            }
-            quarrel_quant::quantize_row(p.ty, &row, &mut bytes).map_err(io::Error::other)?;
-            out.write_all(&bytes)?;
+        let row_bytes = p.ty.row_bytes(cols as u64).expect("planned whole blocks") as usize;
+        let per_thread = 64;
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = (rows - r0).min(per_thread * threads);
+            slab.resize(n * row_bytes, 0);
+            std::thread::scope(|scope| {
+                let parts = slab.chunks_mut(per_thread * row_bytes).enumerate();
+                let handles: Vec<_> = parts
+                    .map(|(i, part)| {
+                        let first = r0 + i * per_thread;
+                        scope.spawn(move || synth_rows(p, seed, name, cols, first, part))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("synth thread"))
+            })?;
+            out.write_all(&slab)?;
+            r0 += n;
         }
         Ok(())
     })
+}
+
+/// Rows `first..` of a tensor into `out` (whole rows). Each row's weights
+/// continue the tensor's one random stream: splitmix64 advances its state
+/// by a constant per draw, so row r starts r·cols draws in.
+fn synth_rows(
+    p: &TensorPlan,
+    seed: u64,
+    name: &str,
+    cols: usize,
+    first: usize,
+    out: &mut [u8],
+) -> io::Result<()> {
+    let skip = (first as u64).wrapping_mul(cols as u64);
+    let mut rng = Rng(name_seed(seed, name).wrapping_add(skip.wrapping_mul(Rng::STEP)));
+    let mut row = vec![0f32; cols];
+    let row_bytes = p.ty.row_bytes(cols as u64).expect("whole blocks") as usize;
+    for dst in out.chunks_exact_mut(row_bytes) {
+        for v in row.iter_mut() {
+            *v = if p.scale == 0.0 {
+                1.0
+            } else {
+                p.scale * rng.uniform()
+            };
+        }
+        quarrel_quant::quantize_row(p.ty, &row, dst).map_err(io::Error::other)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Threads (0: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: auto (a CUDA GPU if one is present, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: load::Device,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
@@ -121,7 +125,19 @@ fn random_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let path = load::resolve_model(args.model.as_deref())?;
-    let loaded = load::load(&path, args.threads)?;
+    load::with_model(&path, args.device, args.threads, args)
+}
+
+impl load::WithModel for BenchArgs {
+    type Output = ();
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<()> {
+        bench(self, loaded)
+    }
+}
+
+fn bench<B: Backend>(args: BenchArgs, loaded: load::Loaded<B>) -> Result<()> {
+    let path = loaded.file.path().to_path_buf();
     let model = &loaded.model;
     let cfg = &model.config;
     let n_params: u64 = loaded.file.tensors().iter().map(|t| t.n_elements()).sum();
@@ -140,6 +156,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     let n_ctx = tests.iter().map(|(p, g)| p + g).max().unwrap_or(1);
     let n_par = args.parallel as usize;
+    // As the CPU backend counts them (llama-bench reports them for GPU runs too).
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    };
     let mut session = Session::new(model, n_ctx, args.ubatch);
     let mut parallel = (n_par > 1).then(|| ParallelDecode::new(model, n_par, n_ctx));
     let mut logits = Vec::new();
@@ -180,7 +201,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             model_size,
             model_n_params: n_params,
             backend: model.backend.describe(),
-            n_threads: loaded.model.backend.threads(),
+            n_threads: threads,
             n_ubatch: args.ubatch,
             n_prompt,
             n_gen,
@@ -279,7 +300,7 @@ impl<B: Backend> ParallelDecode<B> {
                 outputs: &self.outputs,
             };
             model.forward(&batch, &mut self.cache, &mut self.scratch, None)?;
-            model.read_logits(&self.scratch, &mut self.logits);
+            model.read_logits(&self.scratch, &mut self.logits)?;
             for (tok, logits) in self.tokens.iter_mut().zip(self.logits.chunks(n_vocab)) {
                 *tok = quarrel_model::sampler::argmax(logits);
             }

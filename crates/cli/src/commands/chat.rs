@@ -29,7 +29,18 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let path = load::resolve_model(args.engine.model.as_deref())?;
-    let loaded = load::load(&path, args.engine.threads)?;
+    load::with_model(&path, args.engine.device, args.engine.threads, args)
+}
+
+impl load::WithModel for ChatArgs {
+    type Output = ();
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<()> {
+        chat(self, loaded)
+    }
+}
+
+fn chat<B: Backend>(args: ChatArgs, loaded: load::Loaded<B>) -> Result<()> {
     let template = ChatTemplate::from_gguf(loaded.file.metadata(), loaded.model.config.arch.name())
         .context("cannot build the chat template")?;
     let tok = &loaded.tokenizer;

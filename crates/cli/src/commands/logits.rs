@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use quarrel_model::{ActivationSink, Session};
+use quarrel_model::{ActivationSink, Backend, Session};
 
 use super::EngineArgs;
 use crate::dump::{write_npy, NpyDump};
@@ -29,7 +29,18 @@ pub struct LogitsArgs {
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     let path = load::resolve_model(args.engine.model.as_deref())?;
-    let loaded = load::load(&path, args.engine.threads)?;
+    load::with_model(&path, args.engine.device, args.engine.threads, args)
+}
+
+impl load::WithModel for LogitsArgs {
+    type Output = ();
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<()> {
+        logits(self, loaded)
+    }
+}
+
+fn logits<B: Backend>(args: LogitsArgs, loaded: load::Loaded<B>) -> Result<()> {
     if args.tokens.len() > args.engine.ctx_size {
         bail!(
             "{} tokens do not fit the context of {} (raise -c)",

@@ -76,4 +76,8 @@ pub struct EngineArgs {
     /// Tokens per forward pass while reading a prompt.
     #[arg(short = 'u', long = "ubatch-size", default_value_t = 512)]
     pub ubatch: usize,
+    /// Where to run: auto (a CUDA GPU if one is present, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: crate::load::Device,
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use half::f16;
 use quarrel_model::sampler::log_softmax;
-use quarrel_model::Session;
+use quarrel_model::{Backend, Session};
 use serde::Serialize;
 
 use super::{EngineArgs, Format};
@@ -114,7 +114,18 @@ fn read_header(r: &mut impl Read) -> Result<Header> {
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let path = load::resolve_model(args.engine.model.as_deref())?;
-    let loaded = load::load(&path, args.engine.threads)?;
+    load::with_model(&path, args.engine.device, args.engine.threads, args)
+}
+
+impl load::WithModel for PerplexityArgs {
+    type Output = ();
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<()> {
+        perplexity(self, loaded)
+    }
+}
+
+fn perplexity<B: Backend>(args: PerplexityArgs, loaded: load::Loaded<B>) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let n_ctx = args.engine.ctx_size;

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
-use quarrel_cpu::CpuBackend;
 use quarrel_model::sampler::{log_softmax, top_logprobs};
 use quarrel_model::{ActivationSink, Backend, Sampler, Session};
 use quarrel_tokenizer::chat::{ChatTemplate, Message};
@@ -105,8 +104,8 @@ pub struct GenerateOptions<'a> {
 
 /// Evaluates `prompt` after the session's context and samples up to
 /// `n_predict` tokens, streaming text through `on_text`.
-pub fn generate(
-    session: &mut Session<'_, CpuBackend>,
+pub fn generate<B: Backend>(
+    session: &mut Session<'_, B>,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &[u32],
@@ -187,7 +186,18 @@ fn top_k(logprobs: &[f64], k: usize) -> Vec<TopLogprob> {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let path = load::resolve_model(args.engine.model.as_deref())?;
-    let loaded = load::load(&path, args.engine.threads)?;
+    load::with_model(&path, args.engine.device, args.engine.threads, args)
+}
+
+impl load::WithModel for RunArgs {
+    type Output = ();
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<()> {
+        run_model(self, loaded)
+    }
+}
+
+fn run_model<B: Backend>(args: RunArgs, loaded: load::Loaded<B>) -> Result<()> {
     let tok = &loaded.tokenizer;
     let text = if args.chat {
         let arch = loaded.model.config.arch.name();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use quarrel_engine::{EngineConfig, EngineHandle, Metrics};
+use quarrel_model::Backend;
 use quarrel_server::{Loaded, Server};
 use quarrel_tokenizer::chat::ChatTemplate;
 
@@ -27,6 +28,10 @@ pub struct ServeArgs {
     /// Threads (0: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: auto (a CUDA GPU if one is present, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: load::Device,
     /// Positions per sequence, prompt and completion (capped by the model's).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     pub ctx_size: usize,
@@ -77,7 +82,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
         let (s, a) = (server.clone(), args.clone());
         let loading = tokio::task::spawn_blocking(move || -> Result<()> {
-            let loaded = load_engine(&path, &a, metrics)?;
+            let loaded = load::with_model(
+                &path,
+                a.device,
+                a.threads,
+                StartEngine { args: &a, metrics },
+            )?;
             s.set_loaded(loaded);
             Ok(())
         });
@@ -101,13 +111,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_engine(path: &std::path::Path, a: &ServeArgs, metrics: Arc<Metrics>) -> Result<Loaded> {
-    let loaded = load::load(path, a.threads)?;
+/// Loads the model and starts the engine thread on it.
+struct StartEngine<'a> {
+    args: &'a ServeArgs,
+    metrics: Arc<Metrics>,
+}
+
+impl load::WithModel for StartEngine<'_> {
+    type Output = Loaded;
+
+    fn run<B: Backend + 'static>(self, loaded: load::Loaded<B>) -> Result<Loaded> {
+        start_engine(self.args, self.metrics, loaded)
+    }
+}
+
+fn start_engine<B: Backend + 'static>(
+    a: &ServeArgs,
+    metrics: Arc<Metrics>,
+    loaded: load::Loaded<B>,
+) -> Result<Loaded> {
     let c = &loaded.model.config;
-    eprintln!(
-        "quarrel serve: {}",
-        quarrel_model::Backend::describe(&loaded.model.backend)
-    );
+    eprintln!("quarrel serve: {}", loaded.model.backend.describe());
     let template = ChatTemplate::from_gguf(loaded.file.metadata(), c.arch.name())
         .context("cannot build the chat template")?;
     let slot_bytes = loaded.model.kv_slot_bytes();

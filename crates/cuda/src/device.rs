@@ -1,0 +1,299 @@
+//! One CUDA device: its context, the stream every operation runs on, the
+//! cuBLAS handle, the compiled kernels, and device memory.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::nvrtc::Ptx;
+
+use crate::{compile, CudaError};
+
+/// Whether the driver, NVRTC and cuBLAS libraries can be opened, and if
+/// not, which is missing (cudarc would panic on first use instead).
+pub fn libraries_present() -> Result<(), CudaError> {
+    // SAFETY: only tries to dlopen each library by its usual names.
+    let present = unsafe {
+        [
+            (
+                "the CUDA driver (libcuda)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present()),
+            (
+                "cuBLAS (libcublas)",
+                cudarc::cublas::sys::is_culib_present(),
+            ),
+        ]
+    };
+    match present.iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => Err(CudaError::Unavailable(format!("{name} not found"))),
+        None => Ok(()),
+    }
+}
+
+/// Device memory with its raw address (kernel arguments take the address;
+/// the slice frees the memory when dropped).
+pub struct DeviceBuffer {
+    pub(crate) ptr: u64,
+    pub(crate) bytes: usize,
+    _mem: Option<CudaSlice<u8>>,
+}
+
+impl DeviceBuffer {
+    /// No memory: what a failed allocation leaves (the backend has
+    /// recorded the failure and runs nothing more).
+    pub(crate) fn null() -> Self {
+        DeviceBuffer {
+            ptr: 0,
+            bytes: 0,
+            _mem: None,
+        }
+    }
+}
+
+/// What [`Gpu::launch`] does with a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Queue it on the stream (also while the stream is being captured).
+    Run = 0,
+    /// Only fold the kernel, grid and argument bytes into the fingerprint.
+    Fingerprint = 1,
+}
+
+pub(crate) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub name: String,
+    pub arch: String,
+    functions: HashMap<String, CudaFunction>,
+    mode: AtomicU8,
+    fingerprint: AtomicU64,
+    /// Cleared when work that cannot be captured (cuBLAS) is fingerprinted.
+    capturable: AtomicBool,
+}
+
+/// One kernel argument: the address of a value and its size in bytes.
+pub(crate) type KernelArg = (*mut c_void, usize);
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
+        libraries_present()?;
+        let count = CudaContext::device_count()?;
+        if ordinal as i32 >= count {
+            return Err(CudaError::Unavailable(format!(
+                "device {ordinal} requested, {count} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream orders everything: cudarc's per-buffer event
+        // tracking would only add driver calls to every launch.
+        // SAFETY: no other stream is ever used with this context.
+        unsafe { ctx.disable_event_tracking() };
+        // Not the legacy default stream, which cannot be captured.
+        let stream = ctx.new_stream()?;
+        let blas = CudaBlas::new(stream.clone())?;
+        let (major, minor) = ctx.compute_capability()?;
+        let arch = format!("sm_{major}{minor}");
+        let cubin = compile::cubin(&arch)?;
+        let module = ctx.load_module(Ptx::from_binary(cubin))?;
+        let mut functions = HashMap::new();
+        for name in kernel_names() {
+            let f = module.load_function(&name)?;
+            functions.insert(name, f);
+        }
+        Ok(Gpu {
+            name: ctx.name()?,
+            ctx,
+            stream,
+            blas,
+            arch,
+            functions,
+            mode: AtomicU8::new(Mode::Run as u8),
+            fingerprint: AtomicU64::new(0),
+            capturable: AtomicBool::new(true),
+        })
+    }
+
+    pub fn function(&self, name: &str) -> &CudaFunction {
+        self.functions
+            .get(name)
+            .unwrap_or_else(|| panic!("kernel {name} is not in the module"))
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, CudaError> {
+        // Zeroed: a buffer is never read before it is written, but a bug
+        // then shows as zeros rather than as another tensor's data.
+        let mem = self.stream.alloc_zeros::<u8>(bytes.max(1))?;
+        let ptr = mem.device_ptr(&self.stream).0;
+        Ok(DeviceBuffer {
+            ptr,
+            bytes,
+            _mem: Some(mem),
+        })
+    }
+
+    pub fn upload(&self, data: &[u8]) -> Result<DeviceBuffer, CudaError> {
+        let mut buf = self.alloc(data.len())?;
+        self.copy_to_device(data, &mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Copies `data` into `dst` at byte `offset` (ordered on the stream).
+    pub fn copy_to_device(
+        &self,
+        data: &[u8],
+        dst: &mut DeviceBuffer,
+        offset: usize,
+    ) -> Result<(), CudaError> {
+        assert!(
+            offset + data.len() <= dst.bytes,
+            "device copy out of bounds"
+        );
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the destination range lies inside `dst` (asserted); the
+        // source is a live host slice, and the copy completes before this
+        // returns for pageable memory.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                dst.ptr + offset as u64,
+                data,
+                self.stream.cu_stream(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the stream, then copies `dst.len()` bytes from `src`.
+    pub fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
+        // SAFETY: the caller passes an address with at least `dst.len()`
+        // bytes behind it; the stream is synchronised before the host reads.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())?;
+        }
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Launches `name` with `args` (see [`crate::kernel_args`]), or in
+    /// [`Mode::Fingerprint`] only records it.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [KernelArg],
+    ) -> Result<(), CudaError> {
+        let f = self.function(name);
+        if self.mode() == Mode::Fingerprint {
+            let mut h = self.fingerprint.load(Ordering::Relaxed);
+            let mut eat = |bytes: &[u8]| {
+                for &b in bytes {
+                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                }
+            };
+            eat(&(f.cu_function() as usize).to_le_bytes());
+            for d in [grid.0, grid.1, grid.2, block] {
+                eat(&d.to_le_bytes());
+            }
+            for &(p, size) in args.iter() {
+                // SAFETY: each argument points to a live value of `size` bytes.
+                eat(unsafe { std::slice::from_raw_parts(p as *const u8, size) });
+            }
+            self.fingerprint.store(h, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut params = [std::ptr::null_mut(); 16];
+        assert!(args.len() <= params.len(), "too many kernel arguments");
+        for (p, &(a, _)) in params.iter_mut().zip(args.iter()) {
+            *p = a;
+        }
+        // SAFETY: every kernel launched here is defined in this crate's
+        // sources with the argument list its launcher passes.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                grid,
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params[..args.len()],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Relaxed) == Mode::Fingerprint as u8 {
+            Mode::Fingerprint
+        } else {
+            Mode::Run
+        }
+    }
+
+    /// Switches to `mode`; entering [`Mode::Fingerprint`] starts a new
+    /// fingerprint.
+    pub fn set_mode(&self, mode: Mode) {
+        if mode == Mode::Fingerprint {
+            self.fingerprint
+                .store(0xcbf2_9ce4_8422_2325, Ordering::Relaxed);
+            self.capturable.store(true, Ordering::Relaxed);
+        }
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    /// The fingerprint of the launches since [`Mode::Fingerprint`] began,
+    /// and whether all of that work can be captured in a graph.
+    pub fn fingerprint(&self) -> (u64, bool) {
+        (
+            self.fingerprint.load(Ordering::Relaxed),
+            self.capturable.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Notes work that a graph cannot hold.
+    pub fn not_capturable(&self) {
+        self.capturable.store(false, Ordering::Relaxed);
+    }
+
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread()?;
+        Ok(())
+    }
+}
+
+/// Every kernel of the module, each instance of the per-type macros too.
+pub(crate) fn kernel_names() -> Vec<String> {
+    use crate::ops::matmul::WEIGHT_TYPES;
+    let mut names: Vec<String> = [
+        "rms_norm",
+        "scale_f32",
+        "add_f32",
+        "softcap_f32",
+        "add_bias",
+        "copy_cols",
+        "gather_rows",
+        "glu",
+        "rope",
+        "kv_store",
+        "attention",
+        "quantize_q8_0",
+        "quantize_q8_k",
+        "dequant_act_f16",
+        "f32_to_half",
+    ]
+    .map(String::from)
+    .to_vec();
+    for k in &WEIGHT_TYPES {
+        names.push(k.embed.into());
+        names.push(k.dequant_f16.into());
+        names.extend(k.gemv.iter().map(|g| g.to_string()));
+    }
+    names
+}

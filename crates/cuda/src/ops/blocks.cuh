@@ -1,0 +1,300 @@
+// GGUF block formats as the kernels read them: element-wise dequantization
+// (embedding rows, weights for the tensor-core prefill) and dot products of
+// one "unit" of a weight row with int8 activations quantized as the CPU
+// backend (and ggml's) quantizes them for that weight type: xq holds the
+// int8 values, xd per block of 32 the scale and a second number: the sum
+// of the block's int8 values (Q8_0, Q8_K) or the f16 s = d * sum (Q8_1).
+// Integer parts are exact, so results differ from the CPU's only in the
+// order of the float additions.
+// A unit is what one lane handles per step: a block of 32 for the legacy
+// formats, 64 elements (two sub-blocks sharing their quant bytes) for
+// Q4_K/Q5_K, and 4 groups of 16 for Q6_K.
+
+struct BlockQ4_0 { u16 d; u8 qs[16]; };                 // 18 bytes, 32 weights
+struct BlockQ4_1 { u16 d, m; u8 qs[16]; };              // 20 bytes
+struct BlockQ5_0 { u16 d; u8 qh[4]; u8 qs[16]; };       // 22 bytes
+struct BlockQ5_1 { u16 d, m; u8 qh[4]; u8 qs[16]; };    // 24 bytes
+struct BlockQ8_0 { u16 d; i8 qs[32]; };                 // 34 bytes
+// K-quants: 256 weights in 8 sub-blocks of 32; 6-bit scales and mins
+// packed in 12 bytes (Q4_K, Q5_K), 8-bit scales per 16 (Q6_K).
+struct BlockQ4_K { u16 d, dmin; u8 scales[12]; u8 qs[128]; };              // 144 bytes
+struct BlockQ5_K { u16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; };   // 176 bytes
+struct BlockQ6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; u16 d; };         // 210 bytes
+
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// ---- element j of a row, dequantized -------------------------------------
+
+__device__ __forceinline__ float elem_q4_0(const u8* row, int j) {
+    const BlockQ4_0* b = (const BlockQ4_0*)row + j / 32;
+    int i = j % 32;
+    int q = i < 16 ? (b->qs[i] & 0xF) : (b->qs[i - 16] >> 4);
+    return h2f(b->d) * (float)(q - 8);
+}
+
+__device__ __forceinline__ float elem_q4_1(const u8* row, int j) {
+    const BlockQ4_1* b = (const BlockQ4_1*)row + j / 32;
+    int i = j % 32;
+    int q = i < 16 ? (b->qs[i] & 0xF) : (b->qs[i - 16] >> 4);
+    return h2f(b->d) * (float)q + h2f(b->m);
+}
+
+__device__ __forceinline__ int q5_value(const u8* qs, const u8* qh, int i) {
+    u32 h = (u32)qh[0] | ((u32)qh[1] << 8) | ((u32)qh[2] << 16) | ((u32)qh[3] << 24);
+    int lo = i < 16 ? (qs[i] & 0xF) : (qs[i - 16] >> 4);
+    return lo | (((h >> i) & 1) << 4);
+}
+
+__device__ __forceinline__ float elem_q5_0(const u8* row, int j) {
+    const BlockQ5_0* b = (const BlockQ5_0*)row + j / 32;
+    return h2f(b->d) * (float)(q5_value(b->qs, b->qh, j % 32) - 16);
+}
+
+__device__ __forceinline__ float elem_q5_1(const u8* row, int j) {
+    const BlockQ5_1* b = (const BlockQ5_1*)row + j / 32;
+    return h2f(b->d) * (float)q5_value(b->qs, b->qh, j % 32) + h2f(b->m);
+}
+
+__device__ __forceinline__ float elem_q8_0(const u8* row, int j) {
+    const BlockQ8_0* b = (const BlockQ8_0*)row + j / 32;
+    return h2f(b->d) * (float)b->qs[j % 32];
+}
+
+__device__ __forceinline__ float elem_q4_k(const u8* row, int j) {
+    const BlockQ4_K* b = (const BlockQ4_K*)row + j / 256;
+    int i = j % 256, c = i / 64, l = i % 32, sub = i / 32;
+    int sc, m;
+    scale_min_k4(sub, b->scales, &sc, &m);
+    u8 byte = b->qs[32 * c + l];
+    int q = (i % 64) < 32 ? (byte & 0xF) : (byte >> 4);
+    return h2f(b->d) * (float)(sc * q) - h2f(b->dmin) * (float)m;
+}
+
+__device__ __forceinline__ float elem_q5_k(const u8* row, int j) {
+    const BlockQ5_K* b = (const BlockQ5_K*)row + j / 256;
+    int i = j % 256, c = i / 64, l = i % 32, sub = i / 32;
+    int sc, m;
+    scale_min_k4(sub, b->scales, &sc, &m);
+    u8 byte = b->qs[32 * c + l];
+    int q = (i % 64) < 32 ? (byte & 0xF) : (byte >> 4);
+    q |= ((b->qh[l] >> sub) & 1) << 4;
+    return h2f(b->d) * (float)(sc * q) - h2f(b->dmin) * (float)m;
+}
+
+__device__ __forceinline__ float elem_q6_k(const u8* row, int j) {
+    const BlockQ6_K* b = (const BlockQ6_K*)row + j / 256;
+    // Two halves of 128; in each, position l of 32 gives elements
+    // l, l+32, l+64, l+96 from ql[l], ql[l+32] and the 2-bit pairs of qh[l].
+    int i = j % 256, n = i / 128, r = i % 128, g = r / 32, l = r % 32;
+    const u8* ql = b->ql + 64 * n;
+    u8 h = b->qh[32 * n + l];
+    int lo = (g & 1) ? ql[l + 32] : ql[l];
+    lo = (g & 2) ? (lo >> 4) : (lo & 0xF);
+    int q = (lo | (((h >> (2 * g)) & 3) << 4)) - 32;
+    return h2f(b->d) * (float)b->scales[8 * n + l / 16 + 2 * g] * (float)q;
+}
+
+// ---- units of a row against int8 activations ------------------------------
+
+// 16 int8 values (4 ints) of activation row r at element e.
+#define XQ4(r, e) (*(const int4*)(xq + (size_t)(r) * k + (e)))
+
+// Sum of the products of 32 int8 weights (lo: the first 16, hi: the last
+// 16, four per int) with the 32 activations a (first 16) and c (last 16).
+__device__ __forceinline__ int dot32(const int* lo, const int* hi, int4 a, int4 c) {
+    int s = 0;
+    s = dp4a(lo[0], a.x, s); s = dp4a(lo[1], a.y, s); s = dp4a(lo[2], a.z, s); s = dp4a(lo[3], a.w, s);
+    s = dp4a(hi[0], c.x, s); s = dp4a(hi[1], c.y, s); s = dp4a(hi[2], c.z, s); s = dp4a(hi[3], c.w, s);
+    return s;
+}
+
+// Q4_0 / Q4_1: 16 bytes of nibbles, the low ones the block's first 16
+// weights. `min` is null for Q4_0 (offset 8, against Q8_0).
+template <int R>
+__device__ __forceinline__ void dot_q4(const u8* qs, float d, const u16* min, int u, const i8* xq,
+                                       const float2* xd, int k, float* acc) {
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int v = load_u32_a2(qs + 4 * i);
+        lo[i] = v & 0x0F0F0F0F;
+        hi[i] = (v >> 4) & 0x0F0F0F0F;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int s = dot32(lo, hi, XQ4(r, 32 * u), XQ4(r, 32 * u + 16));
+        float2 ds = xd[(size_t)r * (k / 32) + u];
+        if (min) {
+            acc[r] += d * ds.x * (float)s + h2f(*min) * ds.y;
+        } else {
+            acc[r] += d * ds.x * (float)(s - 8 * (int)ds.y);
+        }
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q4_0(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ4_0* b = (const BlockQ4_0*)row + u;
+    dot_q4<R>(b->qs, h2f(b->d), (const u16*)0, u, xq, xd, k, acc);
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q4_1(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ4_1* b = (const BlockQ4_1*)row + u;
+    dot_q4<R>(b->qs, h2f(b->d), &b->m, u, xq, xd, k, acc);
+}
+
+// Bit 4 of each of four 5-bit values, from 4 bits of qh.
+__device__ __forceinline__ int spread4(u32 bits) {
+    return (int)(((bits & 1) << 4) | ((bits & 2) << 11) | ((bits & 4) << 18) | ((bits & 8) << 25));
+}
+
+// Q5_0 and Q5_1 share their unit: Q5_0 (offset 16) against Q8_0, Q5_1
+// (min m) against Q8_1.
+template <int R>
+__device__ __forceinline__ void dot_q5(const u8* qs, const u8* qh, float d, float m, int offset, int u,
+                                       const i8* xq, const float2* xd, int k, float* acc) {
+    u32 h = (u32)load_u32_a2(qh);
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int v = load_u32_a2(qs + 4 * i);
+        lo[i] = (v & 0x0F0F0F0F) | spread4(h >> (4 * i));
+        hi[i] = ((v >> 4) & 0x0F0F0F0F) | spread4(h >> (16 + 4 * i));
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int s = dot32(lo, hi, XQ4(r, 32 * u), XQ4(r, 32 * u + 16));
+        float2 ds = xd[(size_t)r * (k / 32) + u];
+        if (offset) {
+            acc[r] += d * ds.x * (float)(s - offset * (int)ds.y);
+        } else {
+            acc[r] += d * ds.x * (float)s + m * ds.y;
+        }
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q5_0(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ5_0* b = (const BlockQ5_0*)row + u;
+    dot_q5<R>(b->qs, b->qh, h2f(b->d), 0.0f, 16, u, xq, xd, k, acc);
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q5_1(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ5_1* b = (const BlockQ5_1*)row + u;
+    dot_q5<R>(b->qs, b->qh, h2f(b->d), h2f(b->m), 0, u, xq, xd, k, acc);
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q8_0(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ8_0* b = (const BlockQ8_0*)row + u;
+    float d = h2f(b->d);
+    int v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = load_u32_a2((const u8*)b->qs + 4 * i);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int s = dot32(v, v + 4, XQ4(r, 32 * u), XQ4(r, 32 * u + 16));
+        acc[r] += d * xd[(size_t)r * (k / 32) + u].x * (float)s;
+    }
+}
+
+// Q4_K and Q5_K: unit u is chunk u % 4 (64 weights: sub-blocks 2c, 2c+1,
+// the low and high nibbles of the same 32 bytes) of block u / 4.
+template <int R>
+__device__ __forceinline__ void dot_k4(const u8* scales, const int* q, const int* qh, float d, float dmin, int u,
+                                       const i8* xq, const float2* xd, int k, float* acc) {
+    int c = u % 4;
+    int sc0, m0, sc1, m1;
+    scale_min_k4(2 * c, scales, &sc0, &m0);
+    scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+    int lo[8], hi[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        lo[i] = q[i] & 0x0F0F0F0F;
+        hi[i] = (q[i] >> 4) & 0x0F0F0F0F;
+        if (qh) {
+            lo[i] |= ((qh[i] >> (2 * c)) & 0x01010101) << 4;
+            hi[i] |= ((qh[i] >> (2 * c + 1)) & 0x01010101) << 4;
+        }
+    }
+    int blk = 2 * u;  // index of the first activation block of 32
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int s0 = dot32(lo, lo + 4, XQ4(r, 32 * blk), XQ4(r, 32 * blk + 16));
+        int s1 = dot32(hi, hi + 4, XQ4(r, 32 * blk + 32), XQ4(r, 32 * blk + 48));
+        // Q8_K: one scale per 256, so both blocks' xd carry the same d.
+        float2 d0 = xd[(size_t)r * (k / 32) + blk], d1 = xd[(size_t)r * (k / 32) + blk + 1];
+        int dots = sc0 * s0 + sc1 * s1, mins = m0 * (int)d0.y + m1 * (int)d1.y;
+        acc[r] += d * d0.x * (float)dots - dmin * d0.x * (float)mins;
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q4_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ4_K* b = (const BlockQ4_K*)row + u / 4;
+    // 144-byte blocks keep qs 16-byte aligned.
+    const int4* p = (const int4*)(b->qs + 32 * (u % 4));
+    int4 w0 = p[0], w1 = p[1];
+    int q[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+    dot_k4<R>(b->scales, q, (const int*)0, h2f(b->d), h2f(b->dmin), u, xq, xd, k, acc);
+}
+
+template <int R>
+__device__ __forceinline__ void dot_q5_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ5_K* b = (const BlockQ5_K*)row + u / 4;
+    const int4* p = (const int4*)(b->qs + 32 * (u % 4));
+    const int4* ph = (const int4*)b->qh;
+    int4 w0 = p[0], w1 = p[1], h0 = ph[0], h1 = ph[1];
+    int q[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+    int qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    dot_k4<R>(b->scales, q, qh, h2f(b->d), h2f(b->dmin), u, xq, xd, k, acc);
+}
+
+// Q6_K: unit u covers half n = (u / 2) % 2 and positions l in
+// [16 i, 16 i + 16) with i = u % 2 of block u / 4: elements l + 32 g of
+// the half for g = 0..3, each with its own 8-bit scale.
+template <int R>
+__device__ __forceinline__ void dot_q6_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    const BlockQ6_K* b = (const BlockQ6_K*)row + u / 4;
+    int n = (u / 2) % 2, i = u % 2;
+    const u8* ql = b->ql + 64 * n + 16 * i;
+    const u8* qh = b->qh + 32 * n + 16 * i;
+    int q[4][4];
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        int a = load_u32_a2(ql + 4 * w), c = load_u32_a2(ql + 32 + 4 * w), h = load_u32_a2(qh + 4 * w);
+        q[0][w] = (a & 0x0F0F0F0F) | ((h & 0x03030303) << 4);
+        q[1][w] = (c & 0x0F0F0F0F) | (((h >> 2) & 0x03030303) << 4);
+        q[2][w] = ((a >> 4) & 0x0F0F0F0F) | (((h >> 4) & 0x03030303) << 4);
+        q[3][w] = ((c >> 4) & 0x0F0F0F0F) | (((h >> 6) & 0x03030303) << 4);
+    }
+    float d = h2f(b->d);
+    int sc[4];
+#pragma unroll
+    for (int g = 0; g < 4; g++) sc[g] = b->scales[8 * n + i + 2 * g];
+    int blk = (u / 4) * 8 + 4 * n;  // activation block of group 0
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int sum = 0;
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+            int4 a = XQ4(r, 32 * (blk + g) + 16 * i);
+            // Values are stored +32: subtract 32 * (sum of the activations).
+            int s = 0, t = 0;
+            s = dp4a(q[g][0], a.x, s); s = dp4a(q[g][1], a.y, s); s = dp4a(q[g][2], a.z, s); s = dp4a(q[g][3], a.w, s);
+            t = dp4a(0x20202020, a.x, t); t = dp4a(0x20202020, a.y, t); t = dp4a(0x20202020, a.z, t); t = dp4a(0x20202020, a.w, t);
+            sum += sc[g] * (s - t);
+        }
+        acc[r] += d * xd[(size_t)r * (k / 32) + blk].x * (float)sum;
+    }
+}

@@ -1,0 +1,255 @@
+// Matrix-vector products for up to 8 activation rows (decode), and the
+// conversions around cuBLAS for longer batches (prefill).
+//
+// GEMV: one warp per weight row; lane `l` takes units l, l + 32, ... of the
+// row and dots each with every activation row, so each weight byte is read
+// once per call whatever the number of rows. Quantized weights are dotted
+// with int8 activations (dp4a); f16, bf16 and f32 weights with f32 ones.
+
+#define GEMV_WARPS 4
+
+// ggml type ids.
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q5_K 13
+#define T_Q6_K 14
+#define T_BF16 30
+
+template <int T>
+__device__ __forceinline__ float elem(const u8* row, int j) {
+    switch (T) {
+        case T_F32: return ((const float*)row)[j];
+        case T_F16: return h2f(((const u16*)row)[j]);
+        case T_BF16: return bf2f(((const u16*)row)[j]);
+        case T_Q4_0: return elem_q4_0(row, j);
+        case T_Q4_1: return elem_q4_1(row, j);
+        case T_Q5_0: return elem_q5_0(row, j);
+        case T_Q5_1: return elem_q5_1(row, j);
+        case T_Q8_0: return elem_q8_0(row, j);
+        case T_Q4_K: return elem_q4_k(row, j);
+        case T_Q5_K: return elem_q5_k(row, j);
+        default: return elem_q6_k(row, j);
+    }
+}
+
+// Elements per unit (see blocks.cuh).
+template <int T>
+__device__ __forceinline__ int unit_len() {
+    return (T == T_Q4_K || T == T_Q5_K || T == T_Q6_K) ? 64 : (T == T_F32 ? 4 : (T == T_F16 || T == T_BF16) ? 8 : 32);
+}
+
+template <int T, int R>
+__device__ __forceinline__ void dot_unit(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
+    switch (T) {
+        case T_Q4_0: dot_q4_0<R>(row, u, xq, xd, k, acc); break;
+        case T_Q4_1: dot_q4_1<R>(row, u, xq, xd, k, acc); break;
+        case T_Q5_0: dot_q5_0<R>(row, u, xq, xd, k, acc); break;
+        case T_Q5_1: dot_q5_1<R>(row, u, xq, xd, k, acc); break;
+        case T_Q8_0: dot_q8_0<R>(row, u, xq, xd, k, acc); break;
+        case T_Q4_K: dot_q4_k<R>(row, u, xq, xd, k, acc); break;
+        case T_Q5_K: dot_q5_k<R>(row, u, xq, xd, k, acc); break;
+        default: dot_q6_k<R>(row, u, xq, xd, k, acc); break;
+    }
+}
+
+// An activation as the CPU rounds it for a dot with weights of type T.
+template <int T>
+__device__ __forceinline__ float act(float x) {
+    return T == T_F16 ? h2f(f2h(x)) : T == T_BF16 ? bf2f(f2bf(x)) : x;
+}
+
+// Units of 8 f16/bf16 weights (one 16-byte load) or 4 f32 weights.
+template <int T, int R>
+__device__ __forceinline__ void dot_unit_float(const u8* row, int u, const float* x, int k, float* acc) {
+    float w[8];
+    const int len = T == T_F32 ? 4 : 8;
+    if (T == T_F32) {
+        float4 v = ((const float4*)row)[u];
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    } else {
+        uint4 v = ((const uint4*)row)[u];
+        u32 p[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u16 lo = (u16)(p[i] & 0xFFFF), hi = (u16)(p[i] >> 16);
+            w[2 * i] = T == T_F16 ? h2f(lo) : bf2f(lo);
+            w[2 * i + 1] = T == T_F16 ? h2f(hi) : bf2f(hi);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float4* xr = (const float4*)(x + (size_t)r * k + (size_t)u * len);
+        float4 a = xr[0];
+        float s = w[0] * act<T>(a.x) + w[1] * act<T>(a.y) + w[2] * act<T>(a.z) + w[3] * act<T>(a.w);
+        if (len == 8) {
+            float4 b = xr[1];
+            s += w[4] * act<T>(b.x) + w[5] * act<T>(b.y) + w[6] * act<T>(b.z) + w[7] * act<T>(b.w);
+        }
+        acc[r] += s;
+    }
+}
+
+// out[r][row] = sum over the row of w * x[r], for R activation rows.
+template <int T, int R>
+__device__ __forceinline__ void gemv(const u8* w, u64 row_bytes, const float* x, const i8* xq, const float2* xd,
+                                     float* out, int k, int n) {
+    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= n) return;
+    const u8* wr = w + (size_t)row * row_bytes;
+    int units = k / unit_len<T>();
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int u = lane; u < units; u += WARP_SIZE) {
+        if (T == T_F32 || T == T_F16 || T == T_BF16) {
+            dot_unit_float<T, R>(wr, u, x, k, acc);
+        } else {
+            dot_unit<T, R>(wr, u, xq, xd, k, acc);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) out[(size_t)r * n + row] = v;
+    }
+}
+
+#define GEMV_ROWS(name, T, R)                                                                      \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP_SIZE)                          \
+        gemv_##name##_##R(const u8* w, u64 row_bytes, const float* x, const i8* xq, const float2* xd, \
+                          float* out, int k, int n) {                                              \
+        gemv<T, R>(w, row_bytes, x, xq, xd, out, k, n);                                            \
+    }
+
+// Dequantizes rows [0, n) of a weight to f16 (the tensor-core prefill's
+// operand), and gathers token rows to f32 (the embedding).
+#define CONVERT(name, T)                                                                              \
+    extern "C" __global__ void dequant_f16_##name(const u8* w, u64 row_bytes, u16* out, int k, u64 n) { \
+        u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                                           \
+        if (i >= n * (u64)k) return;                                                                  \
+        u64 row = i / k;                                                                              \
+        out[i] = f2h(elem<T>(w + row * row_bytes, (int)(i % k)));                                     \
+    }                                                                                                 \
+    extern "C" __global__ void embed_##name(const u8* w, u64 row_bytes, const u32* tokens, float* out, \
+                                            int k, int rows) {                                        \
+        u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                                           \
+        if (i >= (u64)rows * k) return;                                                               \
+        u64 r = i / k;                                                                                \
+        out[i] = elem<T>(w + (u64)tokens[r] * row_bytes, (int)(i % k));                               \
+    }
+
+#define WEIGHT_TYPE(name, T) \
+    GEMV_ROWS(name, T, 1)    \
+    GEMV_ROWS(name, T, 2)    \
+    GEMV_ROWS(name, T, 3)    \
+    GEMV_ROWS(name, T, 4)    \
+    GEMV_ROWS(name, T, 5)    \
+    GEMV_ROWS(name, T, 6)    \
+    GEMV_ROWS(name, T, 7)    \
+    GEMV_ROWS(name, T, 8)    \
+    CONVERT(name, T)
+
+WEIGHT_TYPE(f32, T_F32)
+WEIGHT_TYPE(f16, T_F16)
+WEIGHT_TYPE(bf16, T_BF16)
+WEIGHT_TYPE(q4_0, T_Q4_0)
+WEIGHT_TYPE(q4_1, T_Q4_1)
+WEIGHT_TYPE(q5_0, T_Q5_0)
+WEIGHT_TYPE(q5_1, T_Q5_1)
+WEIGHT_TYPE(q8_0, T_Q8_0)
+WEIGHT_TYPE(q4_k, T_Q4_K)
+WEIGHT_TYPE(q5_k, T_Q5_K)
+WEIGHT_TYPE(q6_k, T_Q6_K)
+
+// Activations quantized as the CPU backend does for each weight type
+// (ggml's x86 quantizers), so that the integer parts of every dot match it.
+// Divisions are IEEE (__fdiv_rn) whatever the fast-math flags.
+
+// Q8_0 (mode 0) and Q8_1 (mode 1), one warp per block of 32: d = amax/127
+// rounded to f16, q = round-half-even(x * 127/amax); xd.y is the sum of
+// the q (Q8_0) or f16(d * sum) (Q8_1).
+extern "C" __global__ void quantize_q8_0(const float* x, i8* xq, float2* xd, u64 n_blocks, int mode) {
+    u64 blk = (u64)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (blk >= n_blocks) return;
+    float v = x[blk * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = __fdiv_rn(amax, 127.0f);
+    float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    int q = __float2int_rn(v * id);
+    q = max(-128, min(127, q));
+    xq[blk * 32 + lane] = (i8)q;
+    int sum = (int)warp_sum((float)q);
+    if (lane == 0) {
+        float dh = h2f(f2h(d));
+        xd[blk] = make_float2(dh, mode == 0 ? (float)sum : h2f(f2h(d * (float)sum)));
+    }
+}
+
+// Q8_K, one warp per block of 256: the element of largest magnitude (the
+// first such) maps to -127; d = 1/iscale in f32. xd gets d and each block
+// of 32's sum of q.
+extern "C" __global__ void quantize_q8_k(const float* x, i8* xq, float2* xd, u64 n_blocks) {
+    u64 blk = (u64)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (blk >= n_blocks) return;
+    const float* xb = x + blk * 256;
+    float v[8];
+    float amax = 0.0f;
+    int at = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        v[i] = xb[32 * i + lane];
+        if (fabsf(v[i]) > amax) {
+            amax = fabsf(v[i]);
+            at = 32 * i + lane;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float a2 = __shfl_xor_sync(FULL_MASK, amax, o);
+        int at2 = __shfl_xor_sync(FULL_MASK, at, o);
+        if (a2 > amax || (a2 == amax && at2 < at)) {
+            amax = a2;
+            at = at2;
+        }
+    }
+    i8* qb = xq + blk * 256;
+    if (amax == 0.0f) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) qb[32 * i + lane] = 0;
+        if (lane < 8) xd[blk * 8 + lane] = make_float2(0.0f, 0.0f);
+        return;
+    }
+    float max = xb[at];
+    float iscale = __fdiv_rn(-127.0f, max);
+    float d = __fdiv_rn(1.0f, iscale);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int q = min(127, __float2int_rn(iscale * v[i]));
+        qb[32 * i + lane] = (i8)q;
+        float sum = warp_sum((float)q);
+        if (lane == 0) xd[blk * 8 + i] = make_float2(d, sum);
+    }
+}
+
+// The quantized activations back to f16, the cuBLAS operand of the prefill
+// (so that prefill sees the same inputs as decode and the CPU).
+extern "C" __global__ void dequant_act_f16(const i8* xq, const float2* xd, u16* out, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2h(xd[i / 32].x * (float)xq[i]);
+}
+
+// f32 to f16 (mode 0) or bf16 (mode 1), both round-to-nearest-even, as the
+// CPU backend converts activations for F16 and BF16 weights.
+extern "C" __global__ void f32_to_half(const float* x, u16* out, u64 n, int mode) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = mode == 0 ? f2h(x[i]) : f2bf(x[i]);
+}

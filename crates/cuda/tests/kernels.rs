@@ -1,0 +1,465 @@
+//! Each CUDA kernel against a float64 reference on fresh random inputs
+//! (drawn anew on every run), through the backend's public interface.
+//! Outputs are poisoned with NaN first, so an element a kernel fails to
+//! write fails the check. Without a CUDA device every test says SKIPPED
+//! and passes: CI has no GPU; `bench/cuda-check.sh` runs these there.
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use quarrel_cuda::{CudaBackend, CudaTensor, CudaWeight};
+use quarrel_gguf::{GgmlType, GgufFile, GgufWriter};
+use quarrel_model::{
+    AttnParams, Backend, Batch, FfnActivation, Kernels, RopeParams, RopeStyle, RowGroup, SeqRows,
+};
+use rand::Rng;
+
+/// The device, one test at a time: a backend runs one batch at a time.
+fn gpu() -> Option<MutexGuard<'static, CudaBackend>> {
+    static GPU: OnceLock<Option<Mutex<CudaBackend>>> = OnceLock::new();
+    let b = GPU.get_or_init(|| match CudaBackend::new(0) {
+        Ok(b) => Some(Mutex::new(b)),
+        Err(e) => {
+            eprintln!("SKIPPED: no CUDA device ({e})");
+            None
+        }
+    });
+    b.as_ref()
+        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn random(n: usize, scale: f32) -> Vec<f32> {
+    let mut rng = rand::rng();
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// ‖out − ref‖ / ‖ref‖, failing on any NaN.
+fn rel_error(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    assert!(
+        out.iter().all(|v| v.is_finite()),
+        "non-finite output (unwritten?)"
+    );
+    let num: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(&o, &r)| (o as f64 - r).powi(2))
+        .sum();
+    let den: f64 = reference.iter().map(|r| r * r).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// A one-tensor GGUF in memory, quantized to `ty`, and its weight on `b`.
+fn weight(
+    b: &CudaBackend,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+) -> (CudaWeight, Vec<f32>) {
+    let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; rows * row_bytes];
+    for (src, dst) in data
+        .chunks_exact(cols)
+        .zip(bytes.chunks_exact_mut(row_bytes))
+    {
+        quarrel_quant::quantize_row(ty, src, dst).unwrap();
+    }
+    let mut deq = vec![0f32; rows * cols];
+    for (src, dst) in bytes
+        .chunks_exact(row_bytes)
+        .zip(deq.chunks_exact_mut(cols))
+    {
+        quarrel_quant::dequantize_row(ty, src, dst).unwrap();
+    }
+    let dims: Vec<u64> = if rows == 1 {
+        vec![cols as u64]
+    } else {
+        vec![cols as u64, rows as u64]
+    };
+    let mut w = GgufWriter::new();
+    w.add_tensor("w", ty, &dims, bytes).unwrap();
+    let file = GgufFile::from_bytes(w.to_bytes().unwrap(), "test").unwrap();
+    let info = file.tensor_info("w").unwrap().clone();
+    (b.load_weight(&file, &info).unwrap(), deq)
+}
+
+fn tensor(b: &CudaBackend, data: &[f32], cols: usize) -> CudaTensor {
+    let mut t = b.new_tensor(data.len() / cols, cols);
+    b.write(&mut t, data).unwrap();
+    t
+}
+
+/// A tensor of `rows` × `cols` NaNs.
+fn poisoned(b: &CudaBackend, rows: usize, cols: usize) -> CudaTensor {
+    tensor(b, &vec![f32::NAN; rows * cols], cols)
+}
+
+fn read(b: &CudaBackend, t: &CudaTensor) -> Vec<f32> {
+    let (rows, cols) = b.shape(t);
+    let mut out = vec![0f32; rows * cols];
+    b.read(t, &mut out).unwrap();
+    out
+}
+
+/// Starts a batch of one sequence at positions `positions` whose slots are
+/// the positions themselves.
+fn begin(b: &CudaBackend, tokens: &[u32], positions: &[u32], slots: &[u32], outputs: &[usize]) {
+    let seqs = [SeqRows {
+        rows: 0..tokens.len(),
+        slots,
+        kernels: Kernels::Batch,
+    }];
+    b.begin_batch(&Batch {
+        tokens,
+        positions,
+        seqs: &seqs,
+        outputs,
+    })
+    .unwrap();
+}
+
+/// The activations the kernels multiply for weights of `ty`: quantized as
+/// the CPU quantizes them, then dequantized (f16/bf16 rounding for those).
+fn activations_as_used(ty: GgmlType, x: &[f32], cols: usize) -> Vec<f32> {
+    let at = quarrel_quant::vec_dot_type(ty);
+    let row_bytes = at.row_bytes(cols as u64).unwrap() as usize;
+    let mut out = vec![0f32; x.len()];
+    for (src, dst) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let mut q = vec![0u8; row_bytes];
+        quarrel_quant::quantize_activation(ty, src, &mut q).unwrap();
+        quarrel_quant::dequantize_row(at, &q, dst).unwrap();
+    }
+    out
+}
+
+const MATMUL_TYPES: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+#[test]
+fn matmul_matches_f64_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    // 99 rows: not a multiple of the GEMV's rows per block.
+    let (n, k) = (99, 512);
+    for ty in MATMUL_TYPES {
+        let (w, wd) = weight(b, ty, n, k, &random(n * k, 1.0));
+        // Up to 8 rows run the GEMV kernels, more the cuBLAS path.
+        for rows in [1, 2, 3, 5, 8, 9, 40] {
+            let x = random(rows * k, 1.0);
+            let xt = tensor(b, &x, k);
+            let mut out = poisoned(b, rows, n);
+            let groups = [RowGroup {
+                rows: 0..rows,
+                kernels: Kernels::Batch,
+            }];
+            b.matmul(&xt, &w, &mut out, &groups);
+            let got = read(b, &out);
+            let xa = activations_as_used(ty, &x, k);
+            let reference: Vec<f64> = (0..rows * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    (0..k)
+                        .map(|j| wd[c * k + j] as f64 * xa[r * k + j] as f64)
+                        .sum()
+                })
+                .collect();
+            let err = rel_error(&got, &reference);
+            // The GEMV sums exact integer products (or f32 products) in f32,
+            // except that Q8_1's s = d * sum(q), which the mins multiply, is
+            // an f16 (as in ggml); the prefill rounds dequantized weights and
+            // activations to f16.
+            let gemm_rounds = rows > 8 && !matches!(ty, GgmlType::F16 | GgmlType::Bf16);
+            let s_rounds = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+            let bound = if gemm_rounds || s_rounds { 2e-3 } else { 1e-5 };
+            assert!(
+                err < bound,
+                "{ty} × {rows} rows: relative error {err:e} (bound {bound:e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_f64_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (rows, cols, eps) = (5, 896, 1e-6f32);
+    for group in [cols, 64] {
+        let x = random(rows * cols, 3.0);
+        let (w, wd) = weight(b, GgmlType::F32, 1, group, &random(group, 2.0));
+        let xt = tensor(b, &x, cols);
+        let mut out = poisoned(b, rows, cols);
+        b.rms_norm(&xt, &w, eps, &mut out);
+        let reference: Vec<f64> = x
+            .chunks_exact(group)
+            .flat_map(|g| {
+                let ms = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / group as f64;
+                let s = 1.0 / (ms + eps as f64).sqrt();
+                g.iter()
+                    .zip(&wd)
+                    .map(move |(&v, &w)| v as f64 * s * w as f64)
+            })
+            .collect();
+        let err = rel_error(&read(b, &out), &reference);
+        assert!(err < 1e-6, "group {group}: {err:e}");
+    }
+}
+
+#[test]
+fn rope_matches_f64_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (rows, n_heads, head_dim) = (6, 4, 128);
+    let cols = n_heads * head_dim;
+    let mut rng = rand::rng();
+    for (style, n_rot, with_factors) in [
+        (RopeStyle::Normal, 128, false),
+        (RopeStyle::Neox, 128, true),
+        (RopeStyle::Neox, 64, false),
+    ] {
+        let x = random(rows * cols, 1.0);
+        let positions: Vec<u32> = (0..rows).map(|_| rng.random_range(0..4096)).collect();
+        let factors: Vec<f32> = (0..n_rot / 2).map(|_| rng.random_range(1.0..8.0)).collect();
+        let (fw, _) = weight(b, GgmlType::F32, 1, n_rot / 2, &factors);
+        let (base, scale) = (500_000.0f32, 0.5f32);
+        begin(
+            b,
+            &vec![0; rows],
+            &positions,
+            &(0..4096).collect::<Vec<_>>(),
+            &[],
+        );
+        let mut xt = tensor(b, &x, cols);
+        let p = RopeParams {
+            style,
+            n_heads,
+            head_dim,
+            n_rot,
+            freq_base: base,
+            freq_scale: scale,
+            freq_factors: with_factors.then_some(&fw),
+        };
+        b.rope(&mut xt, &positions, &p);
+        let mut reference: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        for (r, row) in reference.chunks_exact_mut(cols).enumerate() {
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, &f) in factors.iter().enumerate() {
+                    let ff = if with_factors { f as f64 } else { 1.0 };
+                    let theta =
+                        positions[r] as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                    let t = scale as f64 * theta / ff;
+                    let (a, c) = match style {
+                        RopeStyle::Normal => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + n_rot / 2),
+                    };
+                    let (x0, x1) = (head[a], head[c]);
+                    head[a] = x0 * t.cos() - x1 * t.sin();
+                    head[c] = x0 * t.sin() + x1 * t.cos();
+                }
+            }
+        }
+        let err = rel_error(&read(b, &xt), &reference);
+        // The angles themselves are f32 (ggml's recurrence): at positions
+        // up to 4096 they are off by up to about 5e-4 radians.
+        assert!(err < 5e-4, "{style:?} n_rot {n_rot}: {err:e}");
+    }
+}
+
+#[test]
+fn glu_matches_f64_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (rows, cols) = (3, 1000);
+    for act in [FfnActivation::SwiGlu, FfnActivation::GeGlu] {
+        let g = random(rows * cols, 6.0);
+        let u = random(rows * cols, 2.0);
+        let f = |x: f64| match act {
+            FfnActivation::SwiGlu => x / (1.0 + (-x).exp()),
+            FfnActivation::GeGlu => {
+                0.5 * x
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x))
+                            .tanh())
+            }
+        };
+        let reference: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| f(g as f64) * u as f64)
+            .collect();
+        // Separate gate and up tensors, then one fused [gate | up] tensor.
+        let (gt, ut) = (tensor(b, &g, cols), tensor(b, &u, cols));
+        let mut out = poisoned(b, rows, cols);
+        b.glu(&gt, Some(&ut), act, &mut out);
+        let err = rel_error(&read(b, &out), &reference);
+        assert!(err < 1e-6, "{act:?} split: {err:e}");
+        let fused: Vec<f32> = g
+            .chunks_exact(cols)
+            .zip(u.chunks_exact(cols))
+            .flat_map(|(g, u)| g.iter().chain(u).copied())
+            .collect();
+        let ft = tensor(b, &fused, 2 * cols);
+        let mut out = poisoned(b, rows, cols);
+        b.glu(&ft, None, act, &mut out);
+        let err = rel_error(&read(b, &out), &reference);
+        assert!(err < 1e-6, "{act:?} fused: {err:e}");
+    }
+}
+
+#[test]
+fn attention_matches_f64_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (n_head, n_head_kv, dk) = (8, 2, 128);
+    let mut rng = rand::rng();
+    for window in [0, 37] {
+        // A 300-position context written in one batch, then 3 query rows
+        // at the end of it; slots are a random permutation (a paged cache).
+        let n_ctx = 300;
+        let mut slots: Vec<u32> = (0..512).collect();
+        for i in (1..slots.len()).rev() {
+            slots.swap(i, rng.random_range(0..=i));
+        }
+        let slots = &slots[..n_ctx];
+        let mut cache = b.new_kv_cache(1, 512, n_head_kv * dk, n_head_kv * dk);
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim_k: dk,
+            head_dim_v: dk,
+            kq_scale: 1.0 / (dk as f32).sqrt(),
+            window,
+        };
+        let mut run = |positions: &[u32]| {
+            let rows = positions.len();
+            let q = random(rows * n_head * dk, 1.0);
+            let k = random(rows * n_head_kv * dk, 1.0);
+            let v = random(rows * n_head_kv * dk, 1.0);
+            begin(b, &vec![0; rows], positions, slots, &[]);
+            let seqs = [SeqRows {
+                rows: 0..rows,
+                slots,
+                kernels: Kernels::Batch,
+            }];
+            let (qt, kt, vt) = (
+                tensor(b, &q, n_head * dk),
+                tensor(b, &k, n_head_kv * dk),
+                tensor(b, &v, n_head_kv * dk),
+            );
+            let mut out = poisoned(b, rows, n_head * dk);
+            b.attention(&qt, &kt, &vt, &mut cache, 0, positions, &seqs, &p, &mut out);
+            (q, k, v, read(b, &out))
+        };
+        let first: Vec<u32> = (0..n_ctx as u32 - 3).collect();
+        let (_, k0, v0, _) = run(&first);
+        let last: Vec<u32> = (n_ctx as u32 - 3..n_ctx as u32).collect();
+        let (q, k1, v1, got) = run(&last);
+        // The cache holds K and V in f16.
+        let h = |x: f32| half::f16::from_f32(x).to_f64();
+        let keys: Vec<f64> = k0.iter().chain(&k1).map(|&x| h(x)).collect();
+        let values: Vec<f64> = v0.iter().chain(&v1).map(|&x| h(x)).collect();
+        let kv_cols = n_head_kv * dk;
+        let mut reference = vec![0f64; got.len()];
+        for (i, &pos) in last.iter().enumerate() {
+            let lo = if window > 0 {
+                (pos as usize + 1).saturating_sub(window)
+            } else {
+                0
+            };
+            for hq in 0..n_head {
+                let kh = hq / (n_head / n_head_kv);
+                let qv = &q[(i * n_head + hq) * dk..][..dk];
+                let scores: Vec<f64> = (lo..=pos as usize)
+                    .map(|j| {
+                        let kr = &keys[j * kv_cols + kh * dk..][..dk];
+                        qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b).sum::<f64>()
+                            * p.kq_scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let o = &mut reference[(i * n_head + hq) * dk..][..dk];
+                for (w, j) in e.iter().zip(lo..=pos as usize) {
+                    for (d, ov) in o.iter_mut().enumerate() {
+                        *ov += w / z * values[j * kv_cols + kh * dk + d];
+                    }
+                }
+            }
+        }
+        let err = rel_error(&got, &reference);
+        assert!(err < 1e-5, "window {window}: {err:e}");
+    }
+}
+
+#[test]
+fn embed_and_row_ops_match_reference() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (vocab, cols) = (50, 256);
+    let tokens: Vec<u32> = vec![7, 0, 49, 7, 23];
+    for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
+        let (table, deq) = weight(b, ty, vocab, cols, &random(vocab * cols, 1.0));
+        begin(b, &tokens, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4], &[1, 4]);
+        let mut out = poisoned(b, tokens.len(), cols);
+        b.embed(&table, &tokens, &mut out);
+        let reference: Vec<f64> = tokens
+            .iter()
+            .flat_map(|&t| deq[t as usize * cols..][..cols].iter().map(|&v| v as f64))
+            .collect();
+        assert!(rel_error(&read(b, &out), &reference) < 1e-7, "{ty} embed");
+
+        let mut gathered = poisoned(b, 2, cols);
+        b.gather_rows(&out, &[1, 4], &mut gathered);
+        let want: Vec<f64> = [1, 4]
+            .iter()
+            .flat_map(|&r| reference[r * cols..][..cols].to_vec())
+            .collect();
+        assert!(rel_error(&read(b, &gathered), &want) < 1e-7, "gather_rows");
+    }
+    let x = random(4 * 96, 2.0);
+    let y = random(4 * 96, 2.0);
+    let mut xt = tensor(b, &x, 96);
+    let yt = tensor(b, &y, 96);
+    b.add(&mut xt, &yt);
+    b.scale(&mut xt, 0.75);
+    b.softcap(&mut xt, 3.0);
+    let reference: Vec<f64> = x
+        .iter()
+        .zip(&y)
+        .map(|(&a, &c)| 3.0 * ((a as f64 + c as f64) * 0.75 / 3.0).tanh())
+        .collect();
+    assert!(
+        rel_error(&read(b, &xt), &reference) < 1e-6,
+        "add, scale, softcap"
+    );
+    let mut part = poisoned(b, 4, 32);
+    b.copy_cols(&xt, 40, &mut part);
+    let (bias, bd) = weight(b, GgmlType::F32, 1, 32, &random(32, 1.0));
+    b.add_bias(&mut part, &bias);
+    let want: Vec<f64> = reference
+        .chunks_exact(96)
+        .flat_map(|r| {
+            r[40..72]
+                .iter()
+                .zip(&bd)
+                .map(|(&v, &c)| v + c as f64)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        rel_error(&read(b, &part), &want) < 1e-6,
+        "copy_cols, add_bias"
+    );
+}
