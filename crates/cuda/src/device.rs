@@ -77,6 +77,18 @@ pub(crate) struct Gpu {
     capturable: AtomicBool,
 }
 
+/// Element types copied to and from the device as raw bytes: no padding,
+/// and every bit pattern a valid value.
+pub trait Plain: Copy {}
+impl Plain for u8 {}
+impl Plain for u32 {}
+impl Plain for f32 {}
+
+fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding; u8 has no alignment needs.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
 /// One kernel argument: the address of a value and its size in bytes.
 pub(crate) type KernelArg = (*mut c_void, usize);
 
@@ -144,12 +156,13 @@ impl Gpu {
     }
 
     /// Copies `data` into `dst` at byte `offset` (ordered on the stream).
-    pub fn copy_to_device(
+    pub fn copy_to_device<T: Plain>(
         &self,
-        data: &[u8],
+        data: &[T],
         dst: &mut DeviceBuffer,
         offset: usize,
     ) -> Result<(), CudaError> {
+        let data = as_bytes(data);
         assert!(
             offset + data.len() <= dst.bytes,
             "device copy out of bounds"
@@ -170,12 +183,16 @@ impl Gpu {
         Ok(())
     }
 
-    /// Waits for the stream, then copies `dst.len()` bytes from `src`.
-    pub fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
-        // SAFETY: the caller passes an address with at least `dst.len()`
-        // bytes behind it; the stream is synchronised before the host reads.
+    /// Waits for the stream, then fills `dst` from device address `src`.
+    pub fn copy_to_host<T: Plain>(&self, src: u64, dst: &mut [T]) -> Result<(), CudaError> {
+        let len = std::mem::size_of_val(dst);
+        // SAFETY: `T` is plain data (any bytes are a valid value), so the
+        // slice may be written as bytes; the caller passes an address with
+        // at least that many bytes behind it, and the stream is
+        // synchronised before the host reads.
         unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())?;
+            let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, len);
+            cudarc::driver::result::memcpy_dtoh_async(bytes, src, self.stream.cu_stream())?;
         }
         self.stream.synchronize()?;
         Ok(())
@@ -282,7 +299,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "glu",
         "rope",
         "kv_store",
-        "attention",
         "quantize_q8_0",
         "quantize_q8_k",
         "dequant_act_f16",
@@ -290,6 +306,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
+    names.extend(crate::ops::attention::kernel_names().map(String::from));
     for k in &WEIGHT_TYPES {
         names.push(k.embed.into());
         names.push(k.dequant_f16.into());

@@ -85,6 +85,8 @@ impl CudaTensor {
 pub struct CudaKvCache {
     k: Vec<DeviceBuffer>,
     v: Vec<DeviceBuffer>,
+    /// Positions per layer.
+    n_slots: usize,
     k_dim: usize,
     v_dim: usize,
 }
@@ -328,6 +330,7 @@ impl Backend for CudaBackend {
             v: (0..n_layer)
                 .map(|_| self.alloc_or_record(n_slots * v_dim * 2))
                 .collect(),
+            n_slots,
             k_dim,
             v_dim,
         }
@@ -452,7 +455,7 @@ impl Backend for CudaBackend {
         debug_assert_eq!(positions.len(), q.rows);
         debug_assert!(!seqs.is_empty());
         out.written().rows = q.rows;
-        self.run(|s| ops::attention::attention(self, s, q, k, v, cache, layer, p, out));
+        self.run(|s| ops::attention::attention(self, s, q, k, v, cache, layer, seqs, p, out));
     }
 
     fn glu(
@@ -483,18 +486,9 @@ impl Backend for CudaBackend {
 
     fn read(&self, t: &CudaTensor, dst: &mut [f32]) -> Result<(), ModelError> {
         let n = t.len();
-        self.run(|_| {
-            let bytes = &mut bytes_of_mut(&mut dst[..n]);
-            self.gpu.copy_to_host(t.ptr(), bytes)
-        });
+        self.run(|_| self.gpu.copy_to_host(t.ptr(), &mut dst[..n]));
         self.take_error()
     }
-}
-
-fn bytes_of_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: f32 has no invalid bit patterns and u8 no alignment needs;
-    // the byte view covers exactly the same memory.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
 }
 
 impl CudaBackend {
@@ -504,9 +498,6 @@ impl CudaBackend {
         assert!(data.len().is_multiple_of(t.cols) && data.len() / t.cols <= t.max_rows);
         t.written().rows = data.len() / t.cols;
         self.gpu.bind()?;
-        // SAFETY: f32s viewed as their bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, data.len() * 4) };
-        self.gpu.copy_to_device(bytes, &mut t.buf, 0)
+        self.gpu.copy_to_device(data, &mut t.buf, 0)
     }
 }

@@ -276,13 +276,16 @@ fn rope_matches_f64_reference() {
     }
 }
 
+/// Both activations, split and fused, against f64 (GELU goes through
+/// ggml's f16 table) and bit for bit against the CPU backend.
 #[test]
-fn glu_matches_f64_reference() {
+fn glu_matches_f64_reference_and_cpu() {
     let Some(b) = gpu() else { return };
     let b = &*b;
-    let (rows, cols) = (3, 1000);
-    for act in [FfnActivation::SwiGlu, FfnActivation::GeGlu] {
-        let g = random(rows * cols, 6.0);
+    let cpu = quarrel_cpu::CpuBackend::new(2);
+    let (rows, cols) = (3, 1003);
+    for (act, tolerance) in [(FfnActivation::SwiGlu, 1e-6), (FfnActivation::GeGlu, 2e-3)] {
+        let g = random(rows * cols, 12.0);
         let u = random(rows * cols, 2.0);
         let f = |x: f64| match act {
             FfnActivation::SwiGlu => x / (1.0 + (-x).exp()),
@@ -298,12 +301,16 @@ fn glu_matches_f64_reference() {
             .zip(&u)
             .map(|(&g, &u)| f(g as f64) * u as f64)
             .collect();
+        let mut cpu_out = cpu.new_tensor(rows, cols);
+        let (gc, uc) = (cpu_tensor(&cpu, &g, cols), cpu_tensor(&cpu, &u, cols));
+        cpu.glu(&gc, Some(&uc), act, &mut cpu_out);
+        let mut want = vec![0f32; rows * cols];
+        cpu.read(&cpu_out, &mut want).unwrap();
         // Separate gate and up tensors, then one fused [gate | up] tensor.
         let (gt, ut) = (tensor(b, &g, cols), tensor(b, &u, cols));
         let mut out = poisoned(b, rows, cols);
         b.glu(&gt, Some(&ut), act, &mut out);
-        let err = rel_error(&read(b, &out), &reference);
-        assert!(err < 1e-6, "{act:?} split: {err:e}");
+        let split = read(b, &out);
         let fused: Vec<f32> = g
             .chunks_exact(cols)
             .zip(u.chunks_exact(cols))
@@ -312,95 +319,229 @@ fn glu_matches_f64_reference() {
         let ft = tensor(b, &fused, 2 * cols);
         let mut out = poisoned(b, rows, cols);
         b.glu(&ft, None, act, &mut out);
-        let err = rel_error(&read(b, &out), &reference);
-        assert!(err < 1e-6, "{act:?} fused: {err:e}");
+        for (got, how) in [(split, "split"), (read(b, &out), "fused")] {
+            let err = rel_error(&got, &reference);
+            assert!(err < tolerance, "{act:?} {how}: {err:e}");
+            let differ = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(
+                differ.count(),
+                0,
+                "{act:?} {how}: values differ from the CPU's"
+            );
+        }
     }
 }
 
+/// One attention scenario: a context of `n_ctx` positions written by one
+/// batch (the tiled kernel), then 3 query rows at its end (the f16 kernel;
+/// from 512 cache slots it splits the keys in two). Slots are a random
+/// permutation (a paged cache).
+struct AttnCase {
+    n_head: usize,
+    n_head_kv: usize,
+    dk: usize,
+    window: usize,
+    n_ctx: usize,
+}
+
+/// Runs `case` through `b` (inputs written by `write`), returning Q, K, V
+/// and the output of each of the two batches.
+#[allow(clippy::type_complexity)]
+fn run_attention<B: Backend>(
+    b: &B,
+    case: &AttnCase,
+    slots: &[u32],
+    inputs: &[[Vec<f32>; 3]; 2],
+    write: &dyn Fn(&B, &[f32], usize) -> B::Tensor,
+    begin: &dyn Fn(&B, &[u32]),
+) -> [Vec<f32>; 2] {
+    let (nh, nkv, dk) = (case.n_head, case.n_head_kv, case.dk);
+    let mut cache = b.new_kv_cache(1, 512, nkv * dk, nkv * dk);
+    let p = AttnParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim_k: dk,
+        head_dim_v: dk,
+        kq_scale: 1.0 / (dk as f32).sqrt(),
+        window: case.window,
+    };
+    let batches = [
+        0..case.n_ctx as u32 - 3,
+        case.n_ctx as u32 - 3..case.n_ctx as u32,
+    ];
+    let mut outs = [vec![], vec![]];
+    for ((range, [q, k, v]), out) in batches.into_iter().zip(inputs).zip(&mut outs) {
+        let positions: Vec<u32> = range.collect();
+        let rows = positions.len();
+        begin(b, &positions);
+        let seqs = [SeqRows {
+            rows: 0..rows,
+            slots,
+            kernels: Kernels::Batch,
+        }];
+        let (qt, kt, vt) = (
+            write(b, q, nh * dk),
+            write(b, k, nkv * dk),
+            write(b, v, nkv * dk),
+        );
+        let mut o = write(b, &vec![f32::NAN; rows * nh * dk], nh * dk);
+        b.attention(&qt, &kt, &vt, &mut cache, 0, &positions, &seqs, &p, &mut o);
+        let mut host = vec![0f32; rows * nh * dk];
+        b.read(&o, &mut host).unwrap();
+        *out = host;
+    }
+    outs
+}
+
+/// The f64 attention of the rows at `positions` over the context's keys
+/// and values (rounded to f16, as the cache holds them).
+fn attention_reference(
+    case: &AttnCase,
+    inputs: &[[Vec<f32>; 3]; 2],
+    batch: usize,
+    positions: std::ops::Range<u32>,
+) -> Vec<f64> {
+    let (nh, nkv, dk) = (case.n_head, case.n_head_kv, case.dk);
+    let h = |x: &f32| half::f16::from_f32(*x).to_f64();
+    let keys: Vec<f64> = inputs[0][1].iter().chain(&inputs[1][1]).map(h).collect();
+    let values: Vec<f64> = inputs[0][2].iter().chain(&inputs[1][2]).map(h).collect();
+    let q = &inputs[batch][0];
+    let kv_cols = nkv * dk;
+    let mut reference = vec![0f64; positions.len() * nh * dk];
+    for (i, pos) in positions.map(|p| p as usize).enumerate() {
+        let lo = if case.window > 0 {
+            (pos + 1).saturating_sub(case.window)
+        } else {
+            0
+        };
+        for hq in 0..nh {
+            let kh = hq / (nh / nkv);
+            let qv = &q[(i * nh + hq) * dk..][..dk];
+            let scores: Vec<f64> = (lo..=pos)
+                .map(|j| {
+                    let kr = &keys[j * kv_cols + kh * dk..][..dk];
+                    qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b).sum::<f64>() / (dk as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let o = &mut reference[(i * nh + hq) * dk..][..dk];
+            for (w, j) in e.iter().zip(lo..=pos) {
+                for (d, ov) in o.iter_mut().enumerate() {
+                    *ov += w / z * values[j * kv_cols + kh * dk + d];
+                }
+            }
+        }
+    }
+    reference
+}
+
+/// Both attention kernels against f64 (the f16 one accumulates in f16),
+/// and against the CPU backend, which they follow operation for operation.
 #[test]
-fn attention_matches_f64_reference() {
+fn attention_matches_f64_reference_and_cpu() {
     let Some(b) = gpu() else { return };
     let b = &*b;
-    let (n_head, n_head_kv, dk) = (8, 2, 128);
+    let cpu = quarrel_cpu::CpuBackend::new(2);
     let mut rng = rand::rng();
-    for window in [0, 37] {
-        // A 300-position context written in one batch, then 3 query rows
-        // at the end of it; slots are a random permutation (a paged cache).
-        let n_ctx = 300;
+    let cases = [
+        AttnCase {
+            n_head: 8,
+            n_head_kv: 2,
+            dk: 128,
+            window: 0,
+            n_ctx: 300,
+        },
+        AttnCase {
+            n_head: 8,
+            n_head_kv: 2,
+            dk: 128,
+            window: 37,
+            n_ctx: 300,
+        },
+        AttnCase {
+            n_head: 4,
+            n_head_kv: 1,
+            dk: 256,
+            window: 0,
+            n_ctx: 200,
+        },
+        AttnCase {
+            n_head: 14,
+            n_head_kv: 2,
+            dk: 64,
+            window: 100,
+            n_ctx: 130,
+        },
+    ];
+    for case in &cases {
         let mut slots: Vec<u32> = (0..512).collect();
         for i in (1..slots.len()).rev() {
             slots.swap(i, rng.random_range(0..=i));
         }
-        let slots = &slots[..n_ctx];
-        let mut cache = b.new_kv_cache(1, 512, n_head_kv * dk, n_head_kv * dk);
-        let p = AttnParams {
-            n_head,
-            n_head_kv,
-            head_dim_k: dk,
-            head_dim_v: dk,
-            kq_scale: 1.0 / (dk as f32).sqrt(),
-            window,
-        };
-        let mut run = |positions: &[u32]| {
-            let rows = positions.len();
-            let q = random(rows * n_head * dk, 1.0);
-            let k = random(rows * n_head_kv * dk, 1.0);
-            let v = random(rows * n_head_kv * dk, 1.0);
-            begin(b, &vec![0; rows], positions, slots, &[]);
-            let seqs = [SeqRows {
-                rows: 0..rows,
-                slots,
-                kernels: Kernels::Batch,
-            }];
-            let (qt, kt, vt) = (
-                tensor(b, &q, n_head * dk),
-                tensor(b, &k, n_head_kv * dk),
-                tensor(b, &v, n_head_kv * dk),
+        let slots = &slots[..case.n_ctx];
+        let (nh, nkv, dk) = (case.n_head, case.n_head_kv, case.dk);
+        let inputs = [case.n_ctx - 3, 3].map(|rows| {
+            [
+                random(rows * nh * dk, 1.0),
+                random(rows * nkv * dk, 1.0),
+                random(rows * nkv * dk, 1.0),
+            ]
+        });
+        let gpu_out = run_attention(
+            b,
+            case,
+            slots,
+            &inputs,
+            &|b, data, cols| tensor(b, data, cols),
+            &|b, positions| begin(b, &vec![0; positions.len()], positions, slots, &[]),
+        );
+        let cpu_out = run_attention(
+            &cpu,
+            case,
+            slots,
+            &inputs,
+            &|b, data, cols| cpu_tensor(b, data, cols),
+            &|_, _| {},
+        );
+        let n = case.n_ctx as u32;
+        for (batch, positions, tolerance) in [(0, 0..n - 3, 1e-5), (1, n - 3..n, 5e-3)] {
+            let reference = attention_reference(case, &inputs, batch, positions);
+            let err = rel_error(&gpu_out[batch], &reference);
+            let tag = format!("dk {dk}, window {}, batch {batch}", case.window);
+            assert!(err < tolerance, "{tag}: {err:e} from f64");
+            let differ = gpu_out[batch]
+                .iter()
+                .zip(&cpu_out[batch])
+                .filter(|(g, c)| g.to_bits() != c.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{tag}: {differ} values differ from the CPU backend's"
             );
-            let mut out = poisoned(b, rows, n_head * dk);
-            b.attention(&qt, &kt, &vt, &mut cache, 0, positions, &seqs, &p, &mut out);
-            (q, k, v, read(b, &out))
-        };
-        let first: Vec<u32> = (0..n_ctx as u32 - 3).collect();
-        let (_, k0, v0, _) = run(&first);
-        let last: Vec<u32> = (n_ctx as u32 - 3..n_ctx as u32).collect();
-        let (q, k1, v1, got) = run(&last);
-        // The cache holds K and V in f16.
-        let h = |x: f32| half::f16::from_f32(x).to_f64();
-        let keys: Vec<f64> = k0.iter().chain(&k1).map(|&x| h(x)).collect();
-        let values: Vec<f64> = v0.iter().chain(&v1).map(|&x| h(x)).collect();
-        let kv_cols = n_head_kv * dk;
-        let mut reference = vec![0f64; got.len()];
-        for (i, &pos) in last.iter().enumerate() {
-            let lo = if window > 0 {
-                (pos as usize + 1).saturating_sub(window)
-            } else {
-                0
-            };
-            for hq in 0..n_head {
-                let kh = hq / (n_head / n_head_kv);
-                let qv = &q[(i * n_head + hq) * dk..][..dk];
-                let scores: Vec<f64> = (lo..=pos as usize)
-                    .map(|j| {
-                        let kr = &keys[j * kv_cols + kh * dk..][..dk];
-                        qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b).sum::<f64>()
-                            * p.kq_scale as f64
-                    })
-                    .collect();
-                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                let o = &mut reference[(i * n_head + hq) * dk..][..dk];
-                for (w, j) in e.iter().zip(lo..=pos as usize) {
-                    for (d, ov) in o.iter_mut().enumerate() {
-                        *ov += w / z * values[j * kv_cols + kh * dk + d];
-                    }
-                }
-            }
         }
-        let err = rel_error(&got, &reference);
-        assert!(err < 1e-5, "window {window}: {err:e}");
     }
+}
+
+/// A CPU tensor holding `data` (rows of `cols`), through an f32 table.
+fn cpu_tensor(b: &quarrel_cpu::CpuBackend, data: &[f32], cols: usize) -> quarrel_cpu::CpuTensor {
+    let rows = data.len() / cols;
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut w = GgufWriter::new();
+    w.add_tensor("t", GgmlType::F32, &[cols as u64, rows as u64], bytes)
+        .unwrap();
+    let file = GgufFile::from_bytes(w.to_bytes().unwrap(), "test").unwrap();
+    let table = b
+        .load_weight(&file, &file.tensor_info("t").unwrap().clone())
+        .unwrap();
+    let mut t = b.new_tensor(rows, cols);
+    let tokens: Vec<u32> = (0..rows as u32).collect();
+    b.embed(&table, &tokens, &mut t);
+    t
 }
 
 #[test]

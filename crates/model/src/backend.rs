@@ -25,6 +25,12 @@ pub struct RopeParams<'a, W> {
     pub freq_factors: Option<&'a W>,
 }
 
+/// A sequence's run of at least this many rows in a batch attends through
+/// ggml's f32 tiled path, a shorter one through its f16 path (Q rounded to
+/// f16, V accumulated in f16); every backend follows the same split so that
+/// their numbers agree.
+pub const TILED_ATTENTION_MIN_ROWS: usize = 64;
+
 #[derive(Clone, Copy, Debug)]
 pub struct AttnParams {
     pub n_head: usize,

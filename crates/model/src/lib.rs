@@ -10,7 +10,9 @@ pub mod session;
 pub mod synth;
 pub mod weights;
 
-pub use backend::{AttnParams, Backend, Kernels, RopeParams, RowGroup, SeqRows};
+pub use backend::{
+    AttnParams, Backend, Kernels, RopeParams, RowGroup, SeqRows, TILED_ATTENTION_MIN_ROWS,
+};
 pub use config::{Arch, FfnActivation, ModelConfig, RopeStyle};
 pub use model::{ActivationSink, Batch, Model, Scratch};
 pub use sampler::{Sampler, SamplerConfig};

@@ -11,13 +11,11 @@ use crate::pool::Pool;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use quarrel_model::config::MAX_HEAD_DIM;
-use quarrel_model::{AttnParams, SeqRows};
+use quarrel_model::{AttnParams, SeqRows, TILED_ATTENTION_MIN_ROWS};
 
 use crate::ops::ggml_math::{dot_f16, exp_shifted, mad_f16, mad_f32_f16, scale_f16, tile_scores};
 use crate::tensor::{CpuKvCache, CpuTensor};
 
-/// Queries of one sequence from which the f32 tiled path is used.
-const TILE_Q: usize = 64;
 const TILE_KV: usize = 64;
 /// Query rows per task of the tiled path.
 const BLOCK_ROWS: usize = 16;
@@ -329,7 +327,7 @@ pub fn attention(
         // the batch of a lone sequence, so a sequence's numbers do not
         // depend on what else shares the batch.
         let out_rows = &mut out.data[rows.start * out.cols..rows.end * out.cols];
-        if rows.len() >= TILE_Q {
+        if rows.len() >= TILED_ATTENTION_MIN_ROWS {
             let cols = out.cols;
             pool.for_each_chunk(out_rows, BLOCK_ROWS * cols, |b, o| {
                 let r0 = rows.start + b * BLOCK_ROWS;

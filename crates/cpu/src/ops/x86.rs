@@ -194,9 +194,8 @@ pub unsafe fn swiglu(out: &mut [f32], g: &[f32], u: &[f32]) {
         }
         i += 8;
     }
-    for k in np..n {
-        out[k] = super::ggml_math::silu(g[k]) * u[k];
-    }
+    // The tail as ggml's (and the scalar kernel's): libm's expf.
+    super::ggml_math::swiglu_scalar(&mut out[np..n], &g[np..n], &u[np..n]);
 }
 
 /// See ggml_math::tile_scores: eight keys per vector, each lane its own

@@ -68,25 +68,25 @@ __device__ __forceinline__ float elem_q8_0(const u8* row, int j) {
     return h2f(b->d) * (float)b->qs[j % 32];
 }
 
+// Q4_K and Q5_K: element i of the block; qh is null for Q4_K.
+__device__ __forceinline__ float elem_k4(u16 d, u16 dmin, const u8* scales, const u8* qs, const u8* qh, int i) {
+    int c = i / 64, l = i % 32, sub = i / 32;
+    int sc, m;
+    scale_min_k4(sub, scales, &sc, &m);
+    u8 byte = qs[32 * c + l];
+    int q = (i % 64) < 32 ? (byte & 0xF) : (byte >> 4);
+    if (qh) q |= ((qh[l] >> sub) & 1) << 4;
+    return h2f(d) * (float)(sc * q) - h2f(dmin) * (float)m;
+}
+
 __device__ __forceinline__ float elem_q4_k(const u8* row, int j) {
     const BlockQ4_K* b = (const BlockQ4_K*)row + j / 256;
-    int i = j % 256, c = i / 64, l = i % 32, sub = i / 32;
-    int sc, m;
-    scale_min_k4(sub, b->scales, &sc, &m);
-    u8 byte = b->qs[32 * c + l];
-    int q = (i % 64) < 32 ? (byte & 0xF) : (byte >> 4);
-    return h2f(b->d) * (float)(sc * q) - h2f(b->dmin) * (float)m;
+    return elem_k4(b->d, b->dmin, b->scales, b->qs, (const u8*)0, j % 256);
 }
 
 __device__ __forceinline__ float elem_q5_k(const u8* row, int j) {
     const BlockQ5_K* b = (const BlockQ5_K*)row + j / 256;
-    int i = j % 256, c = i / 64, l = i % 32, sub = i / 32;
-    int sc, m;
-    scale_min_k4(sub, b->scales, &sc, &m);
-    u8 byte = b->qs[32 * c + l];
-    int q = (i % 64) < 32 ? (byte & 0xF) : (byte >> 4);
-    q |= ((b->qh[l] >> sub) & 1) << 4;
-    return h2f(b->d) * (float)(sc * q) - h2f(b->dmin) * (float)m;
+    return elem_k4(b->d, b->dmin, b->scales, b->qs, b->qh, j % 256);
 }
 
 __device__ __forceinline__ float elem_q6_k(const u8* row, int j) {

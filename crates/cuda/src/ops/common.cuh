@@ -60,15 +60,58 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over a block of up to 1024 threads; `shared` holds 32 floats.
-// Every thread gets the total.
-__device__ float block_sum(float v, float* shared) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    int n_warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? shared[lane] : 0.0f;
-    return warp_sum(v);
+// ggml's vectorised expf (the CPU backend's ggml_math::expf), operation for
+// operation, so that softmax weights and SiLU match the CPU bit for bit.
+__device__ __forceinline__ float ggml_expf(float x) {
+    const float shift = __uint_as_float(0x4b400000u);
+    float z = __fmaf_rn(x, __uint_as_float(0x3fb8aa3bu), shift);
+    float n = __fsub_rn(z, shift);
+    float b = __fmaf_rn(-n, __uint_as_float(0x35bfbe8eu), __fmaf_rn(-n, __uint_as_float(0x3f317200u), x));
+    u32 e = __float_as_uint(z) << 23;
+    float k = __uint_as_float(e + __float_as_uint(1.0f));
+    float u = __fmul_rn(b, b);
+    float j = __fmaf_rn(__fmaf_rn(__fmaf_rn(__uint_as_float(0x3c072010u), b, __uint_as_float(0x3d2b9f17u)), u,
+                                  __fmaf_rn(__uint_as_float(0x3e2aaf33u), b, __uint_as_float(0x3efffedbu))),
+                        u, __fmul_rn(__uint_as_float(0x3f7ffff6u), b));
+    if (fabsf(n) <= 126.0f) return __fmaf_rn(j, k, k);
+    u32 g = n <= 0.0f ? 0x82000000u : 0u;
+    float s1 = __uint_as_float(g + 0x7f000000u);
+    float s2 = __uint_as_float(e - g);
+    if (fabsf(n) > 192.0f) return __fmul_rn(s1, s1);
+    return __fmul_rn(__fmaf_rn(s2, j, s2), s1);
+}
+
+// glibc's expf (the CPU's f32::exp), step for step: x = (k + r) ln2 / 32,
+// 2^(k/32) from a table, 2^(r/32) by a cubic, all in f64. Rounding f64's
+// exp to f32 instead differs from it for about 1 input in 10^4.
+// exp2_tab[i]: the bits of 2^(i/32) less i << 47.
+__device__ const u64 exp2_tab[32] = {
+    0x3ff0000000000000ull, 0x3fefd9b0d3158574ull, 0x3fefb5586cf9890full, 0x3fef9301d0125b51ull,
+    0x3fef72b83c7d517bull, 0x3fef54873168b9aaull, 0x3fef387a6e756238ull, 0x3fef1e9df51fdee1ull,
+    0x3fef06fe0a31b715ull, 0x3feef1a7373aa9cbull, 0x3feedea64c123422ull, 0x3feece086061892dull,
+    0x3feebfdad5362a27ull, 0x3feeb42b569d4f82ull, 0x3feeab07dd485429ull, 0x3feea47eb03a5585ull,
+    0x3feea09e667f3bcdull, 0x3fee9f75e8ec5f74ull, 0x3feea11473eb0187ull, 0x3feea589994cce13ull,
+    0x3feeace5422aa0dbull, 0x3feeb737b0cdc5e5ull, 0x3feec49182a3f090ull, 0x3feed503b23e255dull,
+    0x3feee89f995ad3adull, 0x3feeff76f2fb5e47ull, 0x3fef199bdd85529cull, 0x3fef3720dcef9069ull,
+    0x3fef5818dcfba487ull, 0x3fef7c97337b9b5full, 0x3fefa4afa2a490daull, 0x3fefd0765b6e4540ull,
+};
+
+__device__ __forceinline__ float libm_expf(float x) {
+    if (fabsf(x) >= 88.0f || x != x) {
+        if (x == NEG_INF) return 0.0f;
+        if (x != x || fabsf(x) == __int_as_float(0x7f800000)) return x + x;
+        if (x > 88.72283172607421875f) return __int_as_float(0x7f800000);
+        if (x < -103.972076416015625f) return 0.0f;
+    }
+    const double inv_ln2_n = 0x1.71547652b82fep+0 * 32, shift = 0x1.8p+52;
+    const double c0 = 0x1.c6af84b912394p-5 / 32 / 32 / 32, c1 = 0x1.ebfce50fac4f3p-3 / 32 / 32,
+                 c2 = 0x1.62e42ff0c52d6p-1 / 32;
+    double z = __dmul_rn(inv_ln2_n, (double)x);
+    double kd = __dadd_rn(z, shift);
+    u64 ki = (u64)__double_as_longlong(kd);
+    kd = __dsub_rn(kd, shift);
+    double r = __dsub_rn(z, kd);
+    double s = __longlong_as_double((long long)(exp2_tab[ki % 32] + (ki << 47)));
+    double y = __fma_rn(__fma_rn(c0, r, c1), __dmul_rn(r, r), __fma_rn(c2, r, 1.0));
+    return (float)__dmul_rn(y, s);
 }

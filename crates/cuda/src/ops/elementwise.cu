@@ -58,11 +58,23 @@ extern "C" __global__ void gather_rows(const float* x, const u32* rows, float* o
     out[i] = x[(u64)rows[i / cols] * cols + i % cols];
 }
 
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+// SiLU as the CPU backend's swiglu: ggml's vector expf for the groups of 8
+// of a row, libm's for its tail.
+__device__ __forceinline__ float silu(float x, bool vector) {
+    float e = vector ? ggml_expf(__fsub_rn(0.0f, x)) : libm_expf(-x);
+    return __fdiv_rn(x, __fadd_rn(1.0f, e));
+}
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float sqrt_2_over_pi = 0.79788456080286535588f;
-    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x)));
+// GELU (tanh form) as ggml's CPU table gives it: of the input rounded to
+// f16, rounded to f16; the identity from 10 up, 0 from -10 down.
+__device__ __forceinline__ float gelu(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    const float sqrt_2_over_pi = 0.79788458347320556641f, coef_a = 0.044715f;
+    float h = h2f(f2h(x));
+    float inner = __fmul_rn(__fmul_rn(sqrt_2_over_pi, h), __fadd_rn(1.0f, __fmul_rn(__fmul_rn(coef_a, h), h)));
+    float t = (float)tanh((double)inner);
+    return h2f(f2h(__fmul_rn(__fmul_rn(0.5f, h), __fadd_rn(1.0f, t))));
 }
 
 // out = act(gate) * up with row strides of their own (a fused [gate | up]
@@ -72,7 +84,8 @@ extern "C" __global__ void glu(const float* gate, const float* up, int stride, f
     if (i >= n) return;
     u64 r = i / cols, j = i % cols;
     float g = gate[r * stride + j], u = up[r * stride + j];
-    out[i] = (act == 0 ? silu(g) : gelu_tanh(g)) * u;
+    float a = act == 0 ? silu(g, j < (u64)(cols & ~7)) : gelu(g);
+    out[i] = __fmul_rn(a, u);
 }
 
 // Rotates pairs of each head of row r by angle pos * theta_scale^i

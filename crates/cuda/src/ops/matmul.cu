@@ -128,14 +128,69 @@ __device__ __forceinline__ void gemv(const u8* w, u64 row_bytes, const float* x,
         gemv<T, R>(w, row_bytes, x, xq, xd, out, k, n);                                            \
     }
 
+// Elements j0 .. j0 + 8 of a row (j0 a multiple of 8, so that they share
+// their block's scales): the common formats decode the 8 at once, the
+// others element by element.
+template <int T>
+__device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
+    if (T == T_Q4_K || T == T_Q5_K) {
+        const u8* blk = row + (j0 / 256) * (T == T_Q4_K ? 144 : 176);
+        int i0 = j0 % 256, l0 = i0 % 32, sub = i0 / 32;
+        int sc, m;
+        scale_min_k4(sub, blk + 4, &sc, &m);
+        float d = h2f(*(const u16*)blk), dmin = h2f(*(const u16*)(blk + 2));
+        const u8* qs = blk + (T == T_Q4_K ? 16 : 48) + 32 * (i0 / 64) + l0;
+        uint2 q = *(const uint2*)qs;
+        u32 qw[2] = {q.x, q.y};
+        uint2 hq = T == T_Q5_K ? *(const uint2*)(blk + 16 + l0) : make_uint2(0, 0);
+        u32 hw[2] = {hq.x, hq.y};
+        int shift = (i0 % 64) < 32 ? 0 : 4;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            int v = (qw[e / 4] >> (8 * (e % 4) + shift)) & 0xF;
+            if (T == T_Q5_K) v |= ((hw[e / 4] >> (8 * (e % 4) + sub)) & 1) << 4;
+            o[e] = d * (float)(sc * v) - dmin * (float)m;
+        }
+    } else if (T == T_Q6_K) {
+        const u8* blk = row + (j0 / 256) * 210;
+        int i0 = j0 % 256, n = i0 / 128, g = (i0 % 128) / 32, l0 = i0 % 32;
+        const u8* ql = blk + 64 * n + ((g & 1) ? 32 : 0) + l0;
+        const u8* qh = blk + 128 + 32 * n + l0;
+        float d = h2f((u16)(blk[208] | (blk[209] << 8))) * (float)(i8)blk[192 + 8 * n + l0 / 16 + 2 * g];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            int lo = (g & 2) ? (ql[e] >> 4) : (ql[e] & 0xF);
+            o[e] = d * (float)((lo | (((qh[e] >> (2 * g)) & 3) << 4)) - 32);
+        }
+    } else if (T == T_Q8_0) {
+        const u8* blk = row + (j0 / 32) * 34;
+        float d = h2f((u16)(blk[0] | (blk[1] << 8)));
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = d * (float)(i8)blk[2 + j0 % 32 + e];
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = elem<T>(row, j0 + e);
+    }
+}
+
 // Dequantizes rows [0, n) of a weight to f16 (the tensor-core prefill's
-// operand), and gathers token rows to f32 (the embedding).
+// operand), 8 elements per thread and one 16-byte store; blockIdx.x is
+// the row. And gathers token rows to f32 (the embedding).
 #define CONVERT(name, T)                                                                              \
-    extern "C" __global__ void dequant_f16_##name(const u8* w, u64 row_bytes, u16* out, int k, u64 n) { \
-        u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                                           \
-        if (i >= n * (u64)k) return;                                                                  \
-        u64 row = i / k;                                                                              \
-        out[i] = f2h(elem<T>(w + row * row_bytes, (int)(i % k)));                                     \
+    extern "C" __global__ void dequant_f16_##name(const u8* w, u64 row_bytes, u16* out, int k) {      \
+        int j0 = 8 * (blockIdx.y * blockDim.x + threadIdx.x);                                         \
+        if (j0 >= k) return;                                                                          \
+        const u8* row = w + blockIdx.x * row_bytes;                                                   \
+        u16* o16 = out + (u64)blockIdx.x * k + j0;                                                    \
+        if (k % 8 != 0) { /* f32 rows of 4n: element by element */                                    \
+            for (int e = 0; e < 8 && j0 + e < k; e++) o16[e] = f2h(elem<T>(row, j0 + e));            \
+            return;                                                                                   \
+        }                                                                                             \
+        float o[8];                                                                                   \
+        elem8<T>(row, j0, o);                                                                         \
+        u32 p[4];                                                                                     \
+        for (int e = 0; e < 4; e++) p[e] = (u32)f2h(o[2 * e]) | ((u32)f2h(o[2 * e + 1]) << 16);       \
+        *(uint4*)o16 = make_uint4(p[0], p[1], p[2], p[3]);                                            \
     }                                                                                                 \
     extern "C" __global__ void embed_##name(const u8* w, u64 row_bytes, const u32* tokens, float* out, \
                                             int k, int rows) {                                        \

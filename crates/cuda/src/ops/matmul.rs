@@ -273,11 +273,14 @@ impl Matmul<'_> {
         } else {
             let w16 = ensure(gpu, &mut s.w16, n * k * 2)?;
             if !self.dequantized {
-                let (wp, rb, kk, nn) = (w.buf.ptr, w.row_bytes as u64, k as i32, n as u64);
-                b.launch_n(
+                let (wp, rb, kk) = (w.buf.ptr, w.row_bytes as u64, k as i32);
+                // A block per row and 2048 columns, 8 per thread.
+                let block = super::elementwise::BLOCK;
+                gpu.launch(
                     kernels(w.ty).dequant_f16,
-                    n * k,
-                    &mut kernel_args![wp, rb, w16, kk, nn],
+                    (n as u32, (k as u32).div_ceil(8 * block), 1),
+                    block,
+                    &mut kernel_args![wp, rb, w16, kk],
                 )?;
                 self.dequantized = true;
             }

@@ -53,11 +53,8 @@ pub(crate) fn upload_batch(gpu: &Gpu, s: &mut Scratch, batch: &Batch<'_>) -> Res
         outputs: 3 * n,
         slots: slots_start,
     };
-    let bytes = h.len() * 4;
-    ensure(gpu, &mut s.meta, bytes)?;
-    // SAFETY: u32s viewed as their bytes (no padding, any alignment for u8).
-    let raw = unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u8, bytes) };
-    gpu.copy_to_device(raw, s.meta.as_mut().expect("ensured"), 0)
+    ensure(gpu, &mut s.meta, h.len() * 4)?;
+    gpu.copy_to_device(h, s.meta.as_mut().expect("ensured"), 0)
 }
 
 impl Scratch {
