@@ -45,13 +45,31 @@ struct AttnArgs {
     int window, n_slots;
 };
 
-// Copies `rows` cache rows of `words` u32s (slot of row j: slot_of[j])
-// into dst, `stride` u32s apart, with the block's threads.
-__device__ __forceinline__ void stage_rows(u32* dst, int stride, const u16* cache, int dim, int head_off, int words,
-                                           const u32* slot_of, int first, int rows) {
-    for (int i = threadIdx.x; i < rows * words; i += blockDim.x) {
-        int j = first + i / words, w = i % words;
-        dst[j * stride + w] = ((const u32*)(cache + (u64)slot_of[j] * dim + head_off))[w];
+// Copies the cache rows of tile keys [first, end) (key j in slot
+// slot_of[j]; `len` values of each, from `head_off`) into dst, rows
+// `stride` u32s apart: 16-byte loads, all issued before any store so that
+// their latencies overlap.
+template <int DMAX>
+__device__ __forceinline__ void stage_tile(u32* dst, int stride, const u16* cache, int dim, int head_off, int len,
+                                           const u32* slot_of, int first, int end) {
+    const int U = DMAX / 8, PER = TILE_KV * U / (ATTN_WARPS * WARP_SIZE);
+    uint4 v[PER];
+#pragma unroll
+    for (int p = 0; p < PER; p++) {
+        int i = threadIdx.x + p * ATTN_WARPS * WARP_SIZE, j = i / U, u = i % U;
+        if (j >= first && j < end && 8 * u < len)
+            v[p] = *(const uint4*)(cache + (u64)slot_of[j] * dim + head_off + 8 * u);
+    }
+#pragma unroll
+    for (int p = 0; p < PER; p++) {
+        int i = threadIdx.x + p * ATTN_WARPS * WARP_SIZE, j = i / U, u = i % U;
+        if (j >= first && j < end && 8 * u < len) {
+            u32* d = dst + j * stride + 4 * u;
+            d[0] = v[p].x;
+            d[1] = v[p].y;
+            d[2] = v[p].z;
+            d[3] = v[p].w;
+        }
     }
 }
 
@@ -105,7 +123,7 @@ __device__ __forceinline__ void attention_tiled(const AttnArgs a) {
         __syncthreads();  // the previous tile's V and slots are no longer read
         for (u32 j = jlo + threadIdx.x; j < jhi; j += blockDim.x) slot_s[j - start] = seq_slots[j];
         __syncthreads();
-        stage_rows(kv_s, KS, a.kc, k_dim, kh * a.dk, a.dk / 2, slot_s, jlo - start, jhi - jlo);
+        stage_tile<DMAX>(kv_s, KS, a.kc, k_dim, kh * a.dk, a.dk, slot_s, jlo - start, jhi - start);
         __syncthreads();
         // A row takes the tiles from the one holding its first key to the
         // one holding its own position (each has a visible key).
@@ -155,7 +173,7 @@ __device__ __forceinline__ void attention_tiled(const AttnArgs a) {
             s[w] = (float)((double)s[w] + sum);
         }
         __syncthreads();
-        stage_rows(kv_s, KS, a.vc, v_dim, kh * a.dv, a.dv / 2, slot_s, jlo - start, jhi - jlo);
+        stage_tile<DMAX>(kv_s, KS, a.vc, v_dim, kh * a.dv, a.dv, slot_s, jlo - start, jhi - start);
         __syncthreads();
         u32 kb = 0xffffffffu, ke = 0;
 #pragma unroll
