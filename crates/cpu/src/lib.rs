@@ -184,6 +184,7 @@ impl Backend for CpuBackend {
         up: Option<&CpuTensor>,
         act: FfnActivation,
         out: &mut CpuTensor,
+        _next: &CpuWeight,
     ) {
         ops::activation::glu(&self.pool, gate, up, act, out);
     }
@@ -211,6 +212,13 @@ impl Backend for CpuBackend {
 
     fn read(&self, t: &CpuTensor, dst: &mut [f32]) -> Result<(), ModelError> {
         dst.copy_from_slice(t.live());
+        Ok(())
+    }
+
+    fn argmax(&self, t: &CpuTensor, dst: &mut [u32]) -> Result<(), ModelError> {
+        for (d, row) in dst.iter_mut().zip(t.live().chunks_exact(t.cols)) {
+            *d = quarrel_model::sampler::argmax(row);
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use cudarc::nvrtc::Ptx;
 
 use crate::{compile, CudaError};
@@ -75,6 +75,10 @@ pub(crate) struct Gpu {
     fingerprint: AtomicU64,
     /// Cleared when work that cannot be captured (cuBLAS) is fingerprinted.
     capturable: AtomicBool,
+    /// Kernels are launched as programmatic dependents of the one before
+    /// (sm_90 on; `follow_predecessor` in common.cuh); off with
+    /// QUARREL_CUDA_PDL=0.
+    pdl: bool,
 }
 
 /// Element types copied to and from the device as raw bytes: no padding,
@@ -110,6 +114,7 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let (major, minor) = ctx.compute_capability()?;
+        let pdl = major >= 9 && std::env::var("QUARREL_CUDA_PDL").map_or(true, |v| v != "0");
         let arch = format!("sm_{major}{minor}");
         let cubin = compile::cubin(&arch)?;
         let module = ctx.load_module(Ptx::from_binary(cubin))?;
@@ -128,6 +133,7 @@ impl Gpu {
             mode: AtomicU8::new(Mode::Run as u8),
             fingerprint: AtomicU64::new(0),
             capturable: AtomicBool::new(true),
+            pdl,
         })
     }
 
@@ -231,6 +237,39 @@ impl Gpu {
         for (p, &(a, _)) in params.iter_mut().zip(args.iter()) {
             *p = a;
         }
+        let stream = self.stream.cu_stream();
+        if self.pdl {
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: Default::default(),
+                // SAFETY: a zeroed union is a valid value of every member.
+                value: unsafe { std::mem::zeroed() },
+            };
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: stream,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as below; `config` and `attr` outlive the call.
+            unsafe {
+                sys::cuLaunchKernelEx(
+                    &config,
+                    f.cu_function(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+                .result()?;
+            }
+            return Ok(());
+        }
         // SAFETY: every kernel launched here is defined in this crate's
         // sources with the argument list its launcher passes.
         unsafe {
@@ -239,7 +278,7 @@ impl Gpu {
                 grid,
                 (block, 1, 1),
                 0,
-                self.stream.cu_stream(),
+                stream,
                 &mut params[..args.len()],
             )?;
         }
@@ -299,8 +338,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "glu",
         "rope",
         "kv_store",
-        "quantize_q8_0",
-        "quantize_q8_k",
+        "quantize",
+        "argmax_rows",
         "dequant_act_f16",
         "f32_to_half",
     ]
@@ -311,6 +350,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
         names.push(k.embed.into());
         names.push(k.dequant_f16.into());
         names.extend(k.gemv.iter().map(|g| g.to_string()));
+        names.push(k.gemv1.into());
     }
     names
 }

@@ -109,6 +109,8 @@ struct Scratch {
     /// f16 operands of the cuBLAS prefill.
     w16: Option<DeviceBuffer>,
     x16: Option<DeviceBuffer>,
+    /// Token ids chosen on the device.
+    ids: Option<DeviceBuffer>,
 }
 
 pub struct CudaBackend {
@@ -146,6 +148,7 @@ impl CudaBackend {
                 layout: BatchLayout::default(),
                 w16: None,
                 x16: None,
+                ids: None,
             }),
             error: Mutex::new(None),
             graphs: Mutex::new(HashMap::new()),
@@ -397,17 +400,46 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaWeight, eps: f32, out: &mut CudaTensor) {
         out.written().rows = x.rows;
-        self.run(|_| ops::elementwise::rms_norm(self, x.ptr(), x.len(), w, eps, out.ptr()));
+        self.run(|_| ops::elementwise::rms_norm(self, x, None, w, eps, out, None));
     }
 
     fn rms_norm_inplace(&self, x: &mut CudaTensor, w: &CudaWeight, eps: f32) {
         x.written();
-        self.run(|_| ops::elementwise::rms_norm(self, x.ptr(), x.len(), w, eps, x.ptr()));
+        self.run(|_| ops::elementwise::rms_norm(self, x, None, w, eps, x, None));
+    }
+
+    fn residual_norm(
+        &self,
+        x: &mut CudaTensor,
+        residual: Option<&CudaTensor>,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+        next: &CudaWeight,
+    ) {
+        x.written();
+        out.written().rows = x.rows;
+        let next = (x.cols == next.cols).then_some(next);
+        self.run(|_| ops::elementwise::rms_norm(self, x, residual, w, eps, out, next));
     }
 
     fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor, groups: &[RowGroup]) {
         out.written().rows = x.rows;
         self.run(|s| ops::matmul::matmul(self, s, x, w, out, groups));
+    }
+
+    fn matmul_many(
+        &self,
+        x: &CudaTensor,
+        ws: &[&CudaWeight],
+        outs: &mut [&mut CudaTensor],
+        groups: &[RowGroup],
+    ) {
+        assert_eq!(ws.len(), outs.len(), "one output per weight");
+        for out in outs.iter_mut() {
+            out.written().rows = x.rows;
+        }
+        self.run(|s| ops::matmul::matmul_many(self, s, x, ws, outs, groups));
     }
 
     fn add_bias(&self, x: &mut CudaTensor, b: &CudaWeight) {
@@ -437,7 +469,34 @@ impl Backend for CudaBackend {
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: &RopeParams<'_, CudaWeight>) {
         debug_assert_eq!(positions.len(), x.rows);
         x.written();
-        self.run(|s| ops::elementwise::rope(self, s, x, p));
+        self.run(|s| ops::elementwise::rope(self, s, x, None, p, 0));
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        positions: &[u32],
+        pq: &RopeParams<'_, CudaWeight>,
+        pk: &RopeParams<'_, CudaWeight>,
+    ) {
+        debug_assert_eq!(positions.len(), q.rows);
+        debug_assert_eq!(q.rows, k.rows);
+        let factors = |p: &RopeParams<'_, CudaWeight>| p.freq_factors.map(|w| w.buf.ptr);
+        let same = pq.style == pk.style
+            && pq.head_dim == pk.head_dim
+            && pq.n_rot == pk.n_rot
+            && pq.freq_base == pk.freq_base
+            && pq.freq_scale == pk.freq_scale
+            && factors(pq) == factors(pk);
+        if !same {
+            self.rope(q, positions, pq);
+            self.rope(k, positions, pk);
+            return;
+        }
+        q.written();
+        k.written();
+        self.run(|s| ops::elementwise::rope(self, s, q, Some(k), pq, pk.n_heads));
     }
 
     fn attention(
@@ -464,9 +523,10 @@ impl Backend for CudaBackend {
         up: Option<&CudaTensor>,
         act: FfnActivation,
         out: &mut CudaTensor,
+        next: &CudaWeight,
     ) {
         out.written().rows = gate.rows;
-        self.run(|_| ops::elementwise::glu(self, gate, up, act, out));
+        self.run(|_| ops::elementwise::glu(self, gate, up, act, out, next));
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) {
@@ -487,6 +547,16 @@ impl Backend for CudaBackend {
     fn read(&self, t: &CudaTensor, dst: &mut [f32]) -> Result<(), ModelError> {
         let n = t.len();
         self.run(|_| self.gpu.copy_to_host(t.ptr(), &mut dst[..n]));
+        self.take_error()
+    }
+
+    fn argmax(&self, t: &CudaTensor, dst: &mut [u32]) -> Result<(), ModelError> {
+        let n = t.rows;
+        self.run(|s| {
+            let ids = ops::ensure(&self.gpu, &mut s.ids, n * 4)?;
+            ops::elementwise::argmax(self, t, ids)?;
+            self.gpu.copy_to_host(ids, &mut dst[..n])
+        });
         self.take_error()
     }
 }

@@ -303,13 +303,16 @@ fn glu_matches_f64_reference_and_cpu() {
             .collect();
         let mut cpu_out = cpu.new_tensor(rows, cols);
         let (gc, uc) = (cpu_tensor(&cpu, &g, cols), cpu_tensor(&cpu, &u, cols));
-        cpu.glu(&gc, Some(&uc), act, &mut cpu_out);
+        let cpu_down = cpu_weight(&cpu, cols);
+        cpu.glu(&gc, Some(&uc), act, &mut cpu_out, &cpu_down);
         let mut want = vec![0f32; rows * cols];
         cpu.read(&cpu_out, &mut want).unwrap();
         // Separate gate and up tensors, then one fused [gate | up] tensor.
         let (gt, ut) = (tensor(b, &g, cols), tensor(b, &u, cols));
+        // An f32 down projection: the output is not quantized.
+        let (down, _) = weight(b, GgmlType::F32, 4, cols, &random(4 * cols, 1.0));
         let mut out = poisoned(b, rows, cols);
-        b.glu(&gt, Some(&ut), act, &mut out);
+        b.glu(&gt, Some(&ut), act, &mut out, &down);
         let split = read(b, &out);
         let fused: Vec<f32> = g
             .chunks_exact(cols)
@@ -318,7 +321,7 @@ fn glu_matches_f64_reference_and_cpu() {
             .collect();
         let ft = tensor(b, &fused, 2 * cols);
         let mut out = poisoned(b, rows, cols);
-        b.glu(&ft, None, act, &mut out);
+        b.glu(&ft, None, act, &mut out, &down);
         for (got, how) in [(split, "split"), (read(b, &out), "fused")] {
             let err = rel_error(&got, &reference);
             assert!(err < tolerance, "{act:?} {how}: {err:e}");
@@ -542,6 +545,186 @@ fn cpu_tensor(b: &quarrel_cpu::CpuBackend, data: &[f32], cols: usize) -> quarrel
     let tokens: Vec<u32> = (0..rows as u32).collect();
     b.embed(&table, &tokens, &mut t);
     t
+}
+
+/// An f32 weight of 4 rows of `cols` on the CPU backend.
+fn cpu_weight(b: &quarrel_cpu::CpuBackend, cols: usize) -> quarrel_cpu::CpuWeight {
+    let bytes: Vec<u8> = random(4 * cols, 1.0)
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let mut w = GgufWriter::new();
+    w.add_tensor("w", GgmlType::F32, &[cols as u64, 4], bytes)
+        .unwrap();
+    let file = GgufFile::from_bytes(w.to_bytes().unwrap(), "test").unwrap();
+    b.load_weight(&file, &file.tensor_info("w").unwrap().clone())
+        .unwrap()
+}
+
+fn one_group(rows: usize) -> [RowGroup; 1] {
+    [RowGroup {
+        rows: 0..rows,
+        kernels: Kernels::Batch,
+    }]
+}
+
+/// `x · w` from a fresh copy of `x` (quantized by the matmul itself).
+fn matmul_of_copy(b: &CudaBackend, x: &[f32], cols: usize, w: &CudaWeight, n: usize) -> Vec<f32> {
+    let rows = x.len() / cols;
+    let xt = tensor(b, x, cols);
+    let mut out = poisoned(b, rows, n);
+    b.matmul(&xt, w, &mut out, &one_group(rows));
+    read(b, &out)
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The residual norm and GLU quantize their outputs for the next matmul
+/// in the same kernel: the matmul then gives exactly what it gives when it
+/// quantizes those outputs itself, for each activation type (none, Q8_0,
+/// Q8_1, Q8_K), at decode and prompt sizes.
+#[test]
+fn fused_quantization_matches_separate_steps() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (cols, n, eps) = (512, 40, 1e-5f32);
+    let (norm, _) = weight(b, GgmlType::F32, 1, cols, &random(cols, 2.0));
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4K] {
+        let (next, _) = weight(b, ty, n, cols, &random(n * cols, 1.0));
+        for rows in [1, 3, 12] {
+            let (x, y) = (random(rows * cols, 3.0), random(rows * cols, 3.0));
+            let (mut xt, yt) = (tensor(b, &x, cols), tensor(b, &y, cols));
+            let mut xn = poisoned(b, rows, cols);
+            b.residual_norm(&mut xt, Some(&yt), &norm, eps, &mut xn, &next);
+            let mut fused = poisoned(b, rows, n);
+            b.matmul(&xn, &next, &mut fused, &one_group(rows));
+            let sum: Vec<f32> = x.iter().zip(&y).map(|(a, c)| a + c).collect();
+            assert!(same_bits(&read(b, &xt), &sum), "{ty}: x + residual");
+            let mut alone = poisoned(b, rows, cols);
+            b.rms_norm(&tensor(b, &sum, cols), &norm, eps, &mut alone);
+            let normed = read(b, &alone);
+            assert!(same_bits(&read(b, &xn), &normed), "{ty} × {rows}: norm");
+            let want = matmul_of_copy(b, &normed, cols, &next, n);
+            assert!(
+                same_bits(&read(b, &fused), &want),
+                "{ty} × {rows}: norm + matmul"
+            );
+
+            let mut act = poisoned(b, rows, cols);
+            b.glu(&xt, Some(&yt), FfnActivation::SwiGlu, &mut act, &next);
+            let mut fused = poisoned(b, rows, n);
+            b.matmul(&act, &next, &mut fused, &one_group(rows));
+            let want = matmul_of_copy(b, &read(b, &act), cols, &next, n);
+            assert!(
+                same_bits(&read(b, &fused), &want),
+                "{ty} × {rows}: glu + matmul"
+            );
+        }
+    }
+}
+
+/// Weights that share their input, in shared launches where they have one
+/// type: the same bits as one matmul each.
+#[test]
+fn matmul_many_matches_matmul() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let k = 512;
+    let shapes = [
+        (GgmlType::Q4K, 96),
+        (GgmlType::Q4K, 32),
+        (GgmlType::Q6K, 32),
+    ];
+    let ws: Vec<CudaWeight> = shapes
+        .iter()
+        .map(|&(ty, n)| weight(b, ty, n, k, &random(n * k, 1.0)).0)
+        .collect();
+    for rows in [1, 4, 8, 9] {
+        let x = random(rows * k, 1.0);
+        let xt = tensor(b, &x, k);
+        let mut outs: Vec<CudaTensor> = shapes.iter().map(|&(_, n)| poisoned(b, rows, n)).collect();
+        let mut refs: Vec<&mut CudaTensor> = outs.iter_mut().collect();
+        b.matmul_many(
+            &xt,
+            &ws.iter().collect::<Vec<_>>(),
+            &mut refs,
+            &one_group(rows),
+        );
+        for ((w, out), &(ty, n)) in ws.iter().zip(&outs).zip(&shapes) {
+            let want = matmul_of_copy(b, &x, k, w, n);
+            assert!(same_bits(&read(b, out), &want), "{ty} × {rows} rows");
+        }
+    }
+}
+
+/// Q and K rotated in one launch: as rotated one at a time.
+#[test]
+fn rope_qk_matches_rope() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let (rows, head_dim) = (5, 64);
+    let positions: Vec<u32> = vec![3, 100, 1000, 7, 4095];
+    begin(
+        b,
+        &vec![0; rows],
+        &positions,
+        &(0..4096).collect::<Vec<_>>(),
+        &[],
+    );
+    let p = |n_heads| RopeParams {
+        style: RopeStyle::Neox,
+        n_heads,
+        head_dim,
+        n_rot: head_dim,
+        freq_base: 10_000.0,
+        freq_scale: 1.0,
+        freq_factors: None,
+    };
+    let (q, k) = (
+        random(rows * 6 * head_dim, 1.0),
+        random(rows * 2 * head_dim, 1.0),
+    );
+    let (mut qt, mut kt) = (tensor(b, &q, 6 * head_dim), tensor(b, &k, 2 * head_dim));
+    b.rope_qk(&mut qt, &mut kt, &positions, &p(6), &p(2));
+    let (mut q1, mut k1) = (tensor(b, &q, 6 * head_dim), tensor(b, &k, 2 * head_dim));
+    b.rope(&mut q1, &positions, &p(6));
+    b.rope(&mut k1, &positions, &p(2));
+    assert!(same_bits(&read(b, &qt), &read(b, &q1)), "q");
+    assert!(same_bits(&read(b, &kt), &read(b, &k1)), "k");
+}
+
+/// The device's greedy choice is the CPU's: first of equal maxima, NaN
+/// never taken except as the first value.
+#[test]
+fn argmax_matches_cpu() {
+    let Some(b) = gpu() else { return };
+    let b = &*b;
+    let cols = 151_936;
+    let mut x = random(4 * cols, 20.0);
+    let mut rng = rand::rng();
+    // Row 1: a tie, the later one planted first; row 2: NaNs around the
+    // maximum; row 3: a NaN first.
+    let (a, c) = (
+        rng.random_range(cols / 2..cols),
+        rng.random_range(0..cols / 2),
+    );
+    x[cols + a] = 25.0;
+    x[cols + c] = 25.0;
+    x[2 * cols + 5] = f32::NAN;
+    x[2 * cols + 6] = 30.0;
+    x[2 * cols + 7] = f32::NAN;
+    x[3 * cols] = f32::NAN;
+    let xt = tensor(b, &x, cols);
+    let mut got = [0u32; 4];
+    b.argmax(&xt, &mut got).unwrap();
+    let want: Vec<u32> = x
+        .chunks_exact(cols)
+        .map(quarrel_model::sampler::argmax)
+        .collect();
+    assert_eq!(got.to_vec(), want);
+    assert_eq!(&want[1..], &[c as u32, 6, 0]);
 }
 
 #[test]

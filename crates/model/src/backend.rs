@@ -138,6 +138,23 @@ pub trait Backend: Send + Sync {
     /// row, or one head for Q/K norms) and multiplies by `w`.
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32, out: &mut Self::Tensor);
     fn rms_norm_inplace(&self, x: &mut Self::Tensor, w: &Self::Weight, eps: f32);
+    /// x += residual (when given), then out = rms_norm(x) · w, where out
+    /// is about to be multiplied by `next` (a backend may prepare it for
+    /// that weight now, as its quantized activations).
+    fn residual_norm(
+        &self,
+        x: &mut Self::Tensor,
+        residual: Option<&Self::Tensor>,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Tensor,
+        _next: &Self::Weight,
+    ) {
+        if let Some(y) = residual {
+            self.add(x, y);
+        }
+        self.rms_norm(x, w, eps, out);
+    }
     /// out = x · wᵀ, w of shape [out cols][x cols] in its block layout.
     /// `groups` splits the rows of `x` into contiguous runs, in order, at
     /// least one per sequence; kernels are chosen per group as its
@@ -150,10 +167,36 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Tensor,
         groups: &[RowGroup],
     );
+    /// outs[i] = x · ws[i]ᵀ for weights that share their input (Q, K and
+    /// V; gate and up), which a backend may compute together.
+    fn matmul_many(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+        groups: &[RowGroup],
+    ) {
+        assert_eq!(ws.len(), outs.len(), "one output per weight");
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, out, groups);
+        }
+    }
     fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);
     /// dst = src[:, start .. start + dst.cols] (splits fused projections).
     fn copy_cols(&self, src: &Self::Tensor, start: usize, dst: &mut Self::Tensor);
     fn rope(&self, x: &mut Self::Tensor, positions: &[u32], p: &RopeParams<'_, Self::Weight>);
+    /// Rotates q and k, which differ only in their head counts.
+    fn rope_qk(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        positions: &[u32],
+        pq: &RopeParams<'_, Self::Weight>,
+        pk: &RopeParams<'_, Self::Weight>,
+    ) {
+        self.rope(q, positions, pq);
+        self.rope(k, positions, pk);
+    }
     /// Writes K and V of every row into its slot in layer `layer` of the
     /// cache, then attends each row of `q` to its sequence's causal past.
     #[allow(clippy::too_many_arguments)]
@@ -169,13 +212,15 @@ pub trait Backend: Send + Sync {
         p: &AttnParams,
         out: &mut Self::Tensor,
     );
-    /// out = act(gate) * up; with `up` None, `gate` holds [gate | up].
+    /// out = act(gate) * up; with `up` None, `gate` holds [gate | up]. Out
+    /// is about to be multiplied by `next` (see [`Backend::residual_norm`]).
     fn glu(
         &self,
         gate: &Self::Tensor,
         up: Option<&Self::Tensor>,
         act: FfnActivation,
         out: &mut Self::Tensor,
+        next: &Self::Weight,
     );
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// out[i] = x[rows[i]]
@@ -185,4 +230,8 @@ pub trait Backend: Send + Sync {
     /// Copies the live rows to the host, row-major (waiting for the
     /// device); an error is one the backend met since the last check.
     fn read(&self, t: &Self::Tensor, dst: &mut [f32]) -> Result<(), ModelError>;
+    /// The index of each live row's largest value, as
+    /// [`crate::sampler::argmax`] picks it (greedy decoding without
+    /// copying the logits), into `dst` (one per row); errors as `read`.
+    fn argmax(&self, t: &Self::Tensor, dst: &mut [u32]) -> Result<(), ModelError>;
 }

@@ -189,7 +189,20 @@ impl<B: Backend> Model<B> {
 
         for (il, layer) in w.layers.iter().enumerate() {
             let l = Some(il);
-            b.rms_norm(&s.x, &layer.attn_norm, c.norm_eps, &mut s.xn);
+            // The previous layer's residual add goes with this norm.
+            let residual = (il > 0).then_some(&s.ffn_out);
+            let next = layer.qkv.first();
+            b.residual_norm(
+                &mut s.x,
+                residual,
+                &layer.attn_norm,
+                c.norm_eps,
+                &mut s.xn,
+                next,
+            );
+            if il > 0 {
+                dump("l_out", Some(il - 1), &s.x)?;
+            }
             dump("attn_norm", l, &s.xn)?;
 
             self.project_qkv(layer, s);
@@ -208,8 +221,13 @@ impl<B: Backend> Model<B> {
                 freq_scale: c.rope.freq_scale,
                 freq_factors: layer.rope_freqs.as_ref(),
             };
-            b.rope(&mut s.q, batch.positions, &rope(c.n_head));
-            b.rope(&mut s.k, batch.positions, &rope(c.n_head_kv));
+            b.rope_qk(
+                &mut s.q,
+                &mut s.k,
+                batch.positions,
+                &rope(c.n_head),
+                &rope(c.n_head_kv),
+            );
             if c.q_scale != 1.0 {
                 b.scale(&mut s.q, c.q_scale);
             }
@@ -246,24 +264,34 @@ impl<B: Backend> Model<B> {
                 b.rms_norm_inplace(&mut s.proj, pn, c.norm_eps);
             }
             dump("attn_proj", l, &s.proj)?;
-            b.add(&mut s.x, &s.proj);
+            let next = layer.gate_up.first();
+            b.residual_norm(
+                &mut s.x,
+                Some(&s.proj),
+                &layer.ffn_norm,
+                c.norm_eps,
+                &mut s.xn,
+                next,
+            );
             dump("ffn_inp", l, &s.x)?;
-
-            b.rms_norm(&s.x, &layer.ffn_norm, c.norm_eps, &mut s.xn);
             dump("ffn_norm", l, &s.xn)?;
             match &layer.gate_up {
                 GateUpWeights::Split { gate, up } => {
                     let up_t = s.up.as_mut().expect("scratch matches the weights");
-                    b.matmul(&s.xn, gate, &mut s.gate, &s.groups);
-                    b.matmul(&s.xn, up, up_t, &s.groups);
+                    b.matmul_many(
+                        &s.xn,
+                        &[gate, up],
+                        &mut [&mut s.gate, &mut *up_t],
+                        &s.groups,
+                    );
                     dump("ffn_gate", l, &s.gate)?;
                     dump("ffn_up", l, up_t)?;
-                    b.glu(&s.gate, Some(up_t), c.activation, &mut s.act);
+                    b.glu(&s.gate, Some(up_t), c.activation, &mut s.act, &layer.down);
                 }
                 GateUpWeights::Fused(gate_up) => {
                     b.matmul(&s.xn, gate_up, &mut s.gate, &s.groups);
                     dump("ffn_gate_up", l, &s.gate)?;
-                    b.glu(&s.gate, None, c.activation, &mut s.act);
+                    b.glu(&s.gate, None, c.activation, &mut s.act, &layer.down);
                 }
             }
             dump("ffn_act", l, &s.act)?;
@@ -272,8 +300,10 @@ impl<B: Backend> Model<B> {
                 b.rms_norm_inplace(&mut s.ffn_out, pn, c.norm_eps);
             }
             dump("ffn_out", l, &s.ffn_out)?;
+        }
+        if let Some(last) = w.layers.len().checked_sub(1) {
             b.add(&mut s.x, &s.ffn_out);
-            dump("l_out", l, &s.x)?;
+            dump("l_out", Some(last), &s.x)?;
         }
 
         b.set_rows(&mut s.out_x, batch.outputs.len());
@@ -308,12 +338,13 @@ impl<B: Backend> Model<B> {
                 k_bias,
                 v_bias,
             } => {
-                for (wt, bias, out) in [
-                    (q, q_bias, &mut s.q),
-                    (k, k_bias, &mut s.k),
-                    (v, v_bias, &mut s.v),
-                ] {
-                    b.matmul(&s.xn, wt, out, &s.groups);
+                b.matmul_many(
+                    &s.xn,
+                    &[q, k, v],
+                    &mut [&mut s.q, &mut s.k, &mut s.v],
+                    &s.groups,
+                );
+                for (bias, out) in [(q_bias, &mut s.q), (k_bias, &mut s.k), (v_bias, &mut s.v)] {
                     if let Some(bias) = bias {
                         b.add_bias(out, bias);
                     }
@@ -333,6 +364,12 @@ impl<B: Backend> Model<B> {
     /// Copies the logits of the last forward pass (outputs × vocab).
     pub fn read_logits(&self, s: &Scratch<B>, dst: &mut [f32]) -> Result<(), ModelError> {
         self.backend.read(&s.logits, dst)
+    }
+
+    /// The greedy token of each output row of the last forward pass,
+    /// chosen where the logits are (only the ids cross from a device).
+    pub fn argmax_logits(&self, s: &Scratch<B>, dst: &mut [u32]) -> Result<(), ModelError> {
+        self.backend.argmax(&s.logits, dst)
     }
 }
 

@@ -54,7 +54,8 @@ impl SamplerConfig {
     }
 
     /// The argmax of the raw logits.
-    fn is_greedy(&self) -> bool {
+    /// Whether sampling is the argmax of the raw logits.
+    pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 && !self.has_penalties()
     }
 

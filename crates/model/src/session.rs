@@ -61,6 +61,30 @@ impl<'m, B: Backend> Session<'m, B> {
         tokens: &[u32],
         all_logits: bool,
         logits: &mut Vec<f32>,
+        sink: Option<&mut (dyn ActivationSink + '_)>,
+    ) -> Result<(), ModelError> {
+        if !all_logits {
+            logits.clear();
+        }
+        self.run(tokens, all_logits, Some(logits), sink)
+    }
+
+    /// Evaluates `tokens` after the current context and returns the most
+    /// likely next token, chosen by the backend where the logits are.
+    pub fn eval_greedy(&mut self, tokens: &[u32]) -> Result<u32, ModelError> {
+        self.run(tokens, false, None, None)?;
+        let mut token = [0u32];
+        self.model.argmax_logits(&self.scratch, &mut token)?;
+        Ok(token[0])
+    }
+
+    /// [`Session::eval`], with the logits left in the scratch where
+    /// `logits` is None.
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        all_logits: bool,
+        mut logits: Option<&mut Vec<f32>>,
         mut sink: Option<&mut (dyn ActivationSink + '_)>,
     ) -> Result<(), ModelError> {
         let n_vocab = self.model.config.n_vocab;
@@ -73,9 +97,6 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(ModelError::BadToken { token, n_vocab });
-        }
-        if !all_logits {
-            logits.clear();
         }
         // llama-server evaluates the last 4 + n_ubatch and the last 4 tokens
         // of a prompt as batches of their own when the model has windowed
@@ -97,7 +118,7 @@ impl<'m, B: Backend> Session<'m, B> {
                     &tokens[start..stop],
                     wants_logits,
                     all_logits,
-                    logits,
+                    logits.as_deref_mut(),
                     sink.as_deref_mut(),
                 )?;
                 start = stop;
@@ -108,13 +129,14 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 
     /// One forward pass over `chunk`, right after the current context;
-    /// appends the logits of every row (`all`) or of the last row.
+    /// appends the logits of every row (`all`) or of the last row to
+    /// `logits`, when given.
     fn forward_chunk(
         &mut self,
         chunk: &[u32],
         wants_logits: bool,
         all: bool,
-        logits: &mut Vec<f32>,
+        logits: Option<&mut Vec<f32>>,
         sink: Option<&mut (dyn ActivationSink + '_)>,
     ) -> Result<(), ModelError> {
         let start = self.n_past;
@@ -141,7 +163,7 @@ impl<'m, B: Backend> Session<'m, B> {
         self.model
             .forward(&batch, &mut self.cache, &mut self.scratch, sink)?;
         self.n_past += chunk.len();
-        if !self.outputs.is_empty() {
+        if let Some(logits) = logits.filter(|_| !self.outputs.is_empty()) {
             let old = logits.len();
             logits.resize(old + self.outputs.len() * self.model.config.n_vocab, 0.0);
             self.model.read_logits(&self.scratch, &mut logits[old..])?;

@@ -19,10 +19,30 @@ pub enum QkvWeights<W> {
     Fused(W),
 }
 
+impl<W> QkvWeights<W> {
+    /// The first matrix to multiply the normalised input.
+    pub fn first(&self) -> &W {
+        match self {
+            QkvWeights::Split { q, .. } => q,
+            QkvWeights::Fused(w) => w,
+        }
+    }
+}
+
 /// Gate and up projections: separate, or fused as [gate | up] (Phi-3).
 pub enum GateUpWeights<W> {
     Split { gate: W, up: W },
     Fused(W),
+}
+
+impl<W> GateUpWeights<W> {
+    /// The first matrix to multiply the normalised input.
+    pub fn first(&self) -> &W {
+        match self {
+            GateUpWeights::Split { gate, .. } => gate,
+            GateUpWeights::Fused(w) => w,
+        }
+    }
 }
 
 pub struct LayerWeights<W> {

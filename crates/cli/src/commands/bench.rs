@@ -178,8 +178,7 @@ fn bench<B: Backend>(args: BenchArgs, loaded: load::Loaded<B>) -> Result<()> {
             } else {
                 let mut tok = loaded.tokenizer.bos().unwrap_or(0);
                 for _ in 0..n_gen {
-                    session.eval(&[tok], false, &mut logits, None)?;
-                    tok = quarrel_model::sampler::argmax(&logits);
+                    tok = session.eval_greedy(&[tok])?;
                 }
             }
             let secs = t0.elapsed().as_secs_f64();
@@ -262,7 +261,6 @@ struct ParallelDecode<B: Backend> {
     tokens: Vec<u32>,
     positions: Vec<u32>,
     outputs: Vec<usize>,
-    logits: Vec<f32>,
 }
 
 impl<B: Backend> ParallelDecode<B> {
@@ -275,13 +273,11 @@ impl<B: Backend> ParallelDecode<B> {
             tokens: Vec::with_capacity(n_seq),
             positions: vec![0; n_seq],
             outputs: (0..n_seq).collect(),
-            logits: vec![0.0; n_seq * model.config.n_vocab],
         }
     }
 
     fn run(&mut self, model: &Model<B>, first: u32, n_gen: usize) -> Result<()> {
         let n_seq = self.outputs.len();
-        let n_vocab = model.config.n_vocab;
         self.tokens.clear();
         self.tokens.resize(n_seq, first);
         let mut seqs = Vec::with_capacity(n_seq);
@@ -300,10 +296,7 @@ impl<B: Backend> ParallelDecode<B> {
                 outputs: &self.outputs,
             };
             model.forward(&batch, &mut self.cache, &mut self.scratch, None)?;
-            model.read_logits(&self.scratch, &mut self.logits)?;
-            for (tok, logits) in self.tokens.iter_mut().zip(self.logits.chunks(n_vocab)) {
-                *tok = quarrel_model::sampler::argmax(logits);
-            }
+            model.argmax_logits(&self.scratch, &mut self.tokens)?;
         }
         Ok(())
     }

@@ -125,19 +125,27 @@ pub fn generate<B: Backend>(
     for &t in prompt {
         sampler.accept(t);
     }
+    // Greedy decoding with nothing else to report lets the backend pick
+    // each token where the logits are.
+    let on_device = sampler.config().is_greedy() && opts.top_logprobs == 0 && opts.sink.is_none();
     let t0 = Instant::now();
-    session.eval(prompt, false, &mut logits, next_call(&mut opts.sink))?;
+    let mut picked = step(session, prompt, on_device, &mut logits, &mut opts.sink)?;
     out.timings.prompt_n = prompt.len();
     out.timings.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
     while out.tokens.len() < opts.n_predict {
-        let logits_row = &logits[logits.len() - n_vocab..];
-        if opts.top_logprobs > 0 {
-            log_softmax(logits_row, &mut logprobs);
-            out.top_logprobs.push(top_k(&logprobs, opts.top_logprobs));
-        }
-        let token = sampler.sample(logits_row);
+        let token = match picked {
+            Some(token) => token,
+            None => {
+                let logits_row = &logits[logits.len() - n_vocab..];
+                if opts.top_logprobs > 0 {
+                    log_softmax(logits_row, &mut logprobs);
+                    out.top_logprobs.push(top_k(&logprobs, opts.top_logprobs));
+                }
+                sampler.sample(logits_row)
+            }
+        };
         sampler.accept(token);
         out.tokens.push(token);
         // As llama.cpp, the end-of-generation token is reported among the
@@ -154,7 +162,7 @@ pub fn generate<B: Backend>(
         if out.tokens.len() == opts.n_predict {
             break;
         }
-        session.eval(&[token], false, &mut logits, next_call(&mut opts.sink))?;
+        picked = step(session, &[token], on_device, &mut logits, &mut opts.sink)?;
     }
     let rest = decoder.finish();
     if !rest.is_empty() {
@@ -167,6 +175,22 @@ pub fn generate<B: Backend>(
     out.timings.prompt_per_second = rate(out.timings.prompt_n, out.timings.prompt_ms);
     out.timings.predicted_per_second = rate(out.timings.predicted_n, out.timings.predicted_ms);
     Ok(out)
+}
+
+/// Evaluates `tokens`: the greedy next token as the backend picks it
+/// (`on_device`), or None with the logits of the last token in `logits`.
+fn step<B: Backend>(
+    session: &mut Session<'_, B>,
+    tokens: &[u32],
+    on_device: bool,
+    logits: &mut Vec<f32>,
+    sink: &mut Option<&mut NpyDump>,
+) -> Result<Option<u32>> {
+    if on_device {
+        return Ok(Some(session.eval_greedy(tokens)?));
+    }
+    session.eval(tokens, false, logits, next_call(sink))?;
+    Ok(None)
 }
 
 /// The dump (if any) for the next forward pass.

@@ -26,6 +26,7 @@ __device__ __forceinline__ u32 visible_from(u32 pos, int window) {
 // Writes row r's K and V into its slot. One block per row.
 extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16* vc, const u32* positions,
                                     const u32* slot_base, const u32* slots, int k_dim, int v_dim) {
+    follow_predecessor();
     int r = blockIdx.x;
     u64 s = slots[slot_base[r] + positions[r]];
     for (int j = threadIdx.x; j < k_dim; j += blockDim.x) kc[s * k_dim + j] = f2h(k[(size_t)r * k_dim + j]);
@@ -368,9 +369,11 @@ __device__ __forceinline__ void attention_f16(const AttnArgs a) {
 
 #define ATTENTION(D, RW)                                                                                   \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * WARP_SIZE) attention_tiled_##D(ATTN_PARAMS) { \
+        follow_predecessor();                                                                              \
         attention_tiled<D, RW>(AttnArgs ATTN_ARGS);                                                        \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(8 * WARP_SIZE) attention_f16_##D(ATTN_PARAMS) {           \
+        follow_predecessor();                                                                              \
         attention_f16<D>(AttnArgs ATTN_ARGS);                                                              \
     }
 

@@ -31,6 +31,19 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m
     }
 }
 
+// The same from the 12 scale bytes held in three words (a block's header
+// read with one 16-byte load, rather than a load per byte).
+__device__ __forceinline__ void scale_min_k4_regs(int j, u32 s0, u32 s1, u32 s2, int* sc, int* m) {
+    auto byte = [&](int i) { return (int)(((i < 4 ? s0 : i < 8 ? s1 : s2) >> (8 * (i % 4))) & 0xFF); };
+    if (j < 4) {
+        *sc = byte(j) & 63;
+        *m = byte(j + 4) & 63;
+    } else {
+        *sc = (byte(j + 4) & 0xF) | ((byte(j - 4) >> 6) << 4);
+        *m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
+    }
+}
+
 // ---- element j of a row, dequantized -------------------------------------
 
 __device__ __forceinline__ float elem_q4_0(const u8* row, int j) {
@@ -209,14 +222,16 @@ __device__ __forceinline__ void dot_q8_0(const u8* row, int u, const i8* xq, con
 }
 
 // Q4_K and Q5_K: unit u is chunk u % 4 (64 weights: sub-blocks 2c, 2c+1,
-// the low and high nibbles of the same 32 bytes) of block u / 4.
+// the low and high nibbles of the same 32 bytes) of block u / 4, whose
+// 16-byte header (d, dmin, 12 scale bytes) is in hd.
 template <int R>
-__device__ __forceinline__ void dot_k4(const u8* scales, const int* q, const int* qh, float d, float dmin, int u,
-                                       const i8* xq, const float2* xd, int k, float* acc) {
+__device__ __forceinline__ void dot_k4(uint4 hd, const int* q, const int* qh, int u, const i8* xq,
+                                       const float2* xd, int k, float* acc) {
     int c = u % 4;
     int sc0, m0, sc1, m1;
-    scale_min_k4(2 * c, scales, &sc0, &m0);
-    scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+    scale_min_k4_regs(2 * c, hd.y, hd.z, hd.w, &sc0, &m0);
+    scale_min_k4_regs(2 * c + 1, hd.y, hd.z, hd.w, &sc1, &m1);
+    float d = h2f((u16)(hd.x & 0xFFFF)), dmin = h2f((u16)(hd.x >> 16));
     int lo[8], hi[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -239,25 +254,27 @@ __device__ __forceinline__ void dot_k4(const u8* scales, const int* q, const int
     }
 }
 
+// 144- and 176-byte blocks keep every block and its qs 16-byte aligned.
 template <int R>
 __device__ __forceinline__ void dot_q4_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
-    const BlockQ4_K* b = (const BlockQ4_K*)row + u / 4;
-    // 144-byte blocks keep qs 16-byte aligned.
-    const int4* p = (const int4*)(b->qs + 32 * (u % 4));
+    const u8* b = row + (u / 4) * 144;
+    const int4* p = (const int4*)(b + 16 + 32 * (u % 4));
+    uint4 hd = *(const uint4*)b;
     int4 w0 = p[0], w1 = p[1];
     int q[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-    dot_k4<R>(b->scales, q, (const int*)0, h2f(b->d), h2f(b->dmin), u, xq, xd, k, acc);
+    dot_k4<R>(hd, q, (const int*)0, u, xq, xd, k, acc);
 }
 
 template <int R>
 __device__ __forceinline__ void dot_q5_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
-    const BlockQ5_K* b = (const BlockQ5_K*)row + u / 4;
-    const int4* p = (const int4*)(b->qs + 32 * (u % 4));
-    const int4* ph = (const int4*)b->qh;
+    const u8* b = row + (u / 4) * 176;
+    const int4* p = (const int4*)(b + 48 + 32 * (u % 4));
+    const int4* ph = (const int4*)(b + 16);
+    uint4 hd = *(const uint4*)b;
     int4 w0 = p[0], w1 = p[1], h0 = ph[0], h1 = ph[1];
     int q[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
     int qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-    dot_k4<R>(b->scales, q, qh, h2f(b->d), h2f(b->dmin), u, xq, xd, k, acc);
+    dot_k4<R>(hd, q, qh, u, xq, xd, k, acc);
 }
 
 // Q6_K: unit u covers half n = (u / 2) % 2 and positions l in

@@ -48,6 +48,19 @@ __device__ __forceinline__ int load_u32_a2(const u8* p) {
     return (int)((u32)h[0] | ((u32)h[1] << 16));
 }
 
+// Programmatic dependent launch (sm_90 on): kernels are launched so that
+// the next one on the stream may be scheduled while this one drains, hiding
+// the gap between them. Every kernel calls this first, before it touches
+// memory: it lets the next kernel start, then waits until the previous one
+// has finished and its writes are visible. (Each kernel waiting for its
+// predecessor keeps the whole stream in order.)
+__device__ __forceinline__ void follow_predecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -114,4 +127,100 @@ __device__ __forceinline__ float libm_expf(float x) {
     double s = __longlong_as_double((long long)(exp2_tab[ki % 32] + (ki << 47)));
     double y = __fma_rn(__fma_rn(c0, r, c1), __dmul_rn(r, r), __fma_rn(c2, r, 1.0));
     return (float)__dmul_rn(y, s);
+}
+
+// Activation quantization as the CPU backend (ggml's x86 quantizers) does
+// it for each weight type, so that the integer parts of every dot match
+// it; divisions are IEEE (__fdiv_rn) whatever the fast-math flags. A warp
+// quantizes one block; xd gets, per 32 values, the scale and a second
+// number (see blocks.cuh). Modes, as the launchers number them:
+#define QUANT_NONE 0
+#define QUANT_Q8_0 1
+#define QUANT_Q8_1 2
+#define QUANT_Q8_K 3
+
+// Q8_0 / Q8_1, lane l holding value l of 32: d = amax/127 rounded to f16,
+// q = round-half-even(x * 127/amax); xd.y is the sum of the q (Q8_0) or
+// f16(d * sum) (Q8_1).
+__device__ __forceinline__ void quantize_block_q8_0(float v, i8* xq, float2* xd, bool q8_1) {
+    int lane = threadIdx.x % WARP_SIZE;
+    float amax = warp_max(fabsf(v));
+    float d = __fdiv_rn(amax, 127.0f);
+    float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    int q = max(-128, min(127, __float2int_rn(v * id)));
+    xq[lane] = (i8)q;
+    int sum = (int)warp_sum((float)q);
+    if (lane == 0) {
+        float dh = h2f(f2h(d));
+        *xd = make_float2(dh, q8_1 ? h2f(f2h(d * (float)sum)) : (float)sum);
+    }
+}
+
+// Q8_K, lane l holding values l + 32 i of 256: the value of largest
+// magnitude (the first such) maps to -127; d = 1/iscale in f32; xd gets d
+// and each block of 32's sum of q.
+__device__ __forceinline__ void quantize_block_q8_k(const float* v, i8* xq, float2* xd) {
+    int lane = threadIdx.x % WARP_SIZE;
+    float amax = 0.0f, mx = 0.0f;
+    int at = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (fabsf(v[i]) > amax) {
+            amax = fabsf(v[i]);
+            mx = v[i];
+            at = 32 * i + lane;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float a2 = __shfl_xor_sync(FULL_MASK, amax, o);
+        float m2 = __shfl_xor_sync(FULL_MASK, mx, o);
+        int at2 = __shfl_xor_sync(FULL_MASK, at, o);
+        if (a2 > amax || (a2 == amax && at2 < at)) {
+            amax = a2;
+            mx = m2;
+            at = at2;
+        }
+    }
+    if (amax == 0.0f) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) xq[32 * i + lane] = 0;
+        if (lane < 8) xd[lane] = make_float2(0.0f, 0.0f);
+        return;
+    }
+    float iscale = __fdiv_rn(-127.0f, mx);
+    float d = __fdiv_rn(1.0f, iscale);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int q = min(127, __float2int_rn(iscale * v[i]));
+        xq[32 * i + lane] = (i8)q;
+        float sum = warp_sum((float)q);
+        if (lane == 0) xd[i] = make_float2(d, sum);
+    }
+}
+
+// Values per quantization block of a mode.
+__device__ __forceinline__ int quant_block_len(int mode) { return mode == QUANT_Q8_K ? 256 : 32; }
+
+// Block `b` of a row's run at `o`, where `value(j)` gives value j of the
+// run: written as f32 to o and quantized to xq/xd (offsets of the same run)
+// in `mode`, not QUANT_NONE. One warp per call.
+template <typename F>
+__device__ __forceinline__ void emit_block(int mode, int b, float* o, i8* xq, float2* xd, F value) {
+    int lane = threadIdx.x % WARP_SIZE;
+    if (mode == QUANT_Q8_K) {
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int j = 256 * b + 32 * i + lane;
+            v[i] = value(j);
+            o[j] = v[i];
+        }
+        quantize_block_q8_k(v, xq + 256 * b, xd + 8 * b);
+    } else {
+        int j = 32 * b + lane;
+        float v = value(j);
+        o[j] = v;
+        quantize_block_q8_0(v, xq + 32 * b, xd + b, mode == QUANT_Q8_1);
+    }
 }

@@ -3,6 +3,7 @@
 
 use quarrel_model::{FfnActivation, RopeParams, RopeStyle};
 
+use super::matmul::{quant_buffers, Activations};
 use crate::{kernel_args, CudaBackend, CudaError, CudaTensor, CudaWeight, Scratch};
 
 /// Threads per block of the one-thread-per-element kernels.
@@ -13,54 +14,92 @@ fn block_for(n: usize) -> u32 {
     (n.div_ceil(32) * 32).min(1024) as u32
 }
 
-/// RMS norm of each run of `w.cols` values of `len` values at `x`, into
-/// `out` (which may be `x`).
+/// RMS norm of each run of `w.cols` values of `x` (after adding
+/// `residual` to x, when given), into `out` (which may be `x`); where
+/// `next` is given, `out` (whole rows) is also quantized for its type.
 pub(crate) fn rms_norm(
     b: &CudaBackend,
-    x: u64,
-    len: usize,
+    x: &CudaTensor,
+    residual: Option<&CudaTensor>,
     w: &CudaWeight,
     eps: f32,
-    out: u64,
+    out: &CudaTensor,
+    next: Option<&CudaWeight>,
 ) -> Result<(), CudaError> {
     let group = w.cols;
-    let blocks = (len / group) as u32;
+    let blocks = (x.len() / group) as u32;
     if blocks == 0 {
         return Ok(());
     }
-    let (wp, g) = (w.buf.ptr, group as i32);
+    let (mode, (xq, xd)) = prepare_for(b, out, next)?;
+    let (xp, yp, wp, op, g) = (
+        x.ptr(),
+        residual.map_or(0, |y| y.ptr()),
+        w.buf.ptr,
+        out.ptr(),
+        group as i32,
+    );
+    let m = mode.mode();
     b.gpu.launch(
         "rms_norm",
         (blocks, 1, 1),
         block_for(group),
-        &mut kernel_args![x, wp, out, g, eps],
+        &mut kernel_args![xp, yp, wp, op, g, eps, xq, xd, m],
     )
+}
+
+/// How `out` is to be quantized for the matmul by `next`, and where to; the
+/// tensor is marked as holding it (the kernel that writes it is queued
+/// next).
+fn prepare_for(
+    b: &CudaBackend,
+    out: &CudaTensor,
+    next: Option<&CudaWeight>,
+) -> Result<(Activations, (u64, u64)), CudaError> {
+    let mode = next.map_or(Activations::Float, |w| Activations::of(w.ty));
+    if mode == Activations::Float {
+        return Ok((mode, (0, 0)));
+    }
+    assert_eq!(
+        next.map(|w| w.cols),
+        Some(out.cols),
+        "quantized for a matmul of its width"
+    );
+    let bufs = quant_buffers(b, out)?;
+    out.quantized_as.set(Some(mode));
+    Ok((mode, bufs))
 }
 
 pub(crate) fn rope(
     b: &CudaBackend,
     s: &Scratch,
-    x: &CudaTensor,
+    q: &CudaTensor,
+    k: Option<&CudaTensor>,
     p: &RopeParams<'_, CudaWeight>,
+    k_heads: usize,
 ) -> Result<(), CudaError> {
-    if x.rows == 0 {
+    if q.rows == 0 {
         return Ok(());
     }
-    let (xp, cols, pos) = (x.ptr(), x.cols as i32, s.meta_ptr(s.layout.positions));
-    let (heads, hd, rot) = (p.n_heads as i32, p.head_dim as i32, p.n_rot as i32);
+    let (qp, q_cols, q_heads) = (q.ptr(), q.cols as i32, p.n_heads as i32);
+    let (kp, k_cols) = k.map_or((0, 0), |k| (k.ptr(), k.cols as i32));
+    let pos = s.meta_ptr(s.layout.positions);
+    let (hd, rot) = (p.head_dim as i32, p.n_rot as i32);
     let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
     let freq_scale = p.freq_scale;
     let factors = p.freq_factors.map_or(0u64, |w| w.buf.ptr);
     let neox = i32::from(p.style == RopeStyle::Neox);
     b.gpu.launch(
         "rope",
-        (x.rows as u32, p.n_heads as u32, 1),
+        (q.rows as u32, (p.n_heads + k_heads) as u32, 1),
         block_for(p.n_rot / 2),
         &mut kernel_args![
-            xp,
-            cols,
+            qp,
+            q_cols,
+            q_heads,
+            kp,
+            k_cols,
             pos,
-            heads,
             hd,
             rot,
             theta_scale,
@@ -77,6 +116,7 @@ pub(crate) fn glu(
     up: Option<&CudaTensor>,
     act: FfnActivation,
     out: &CudaTensor,
+    next: &CudaWeight,
 ) -> Result<(), CudaError> {
     let cols = out.cols;
     // A fused [gate | up] row holds both halves.
@@ -88,11 +128,29 @@ pub(crate) fn glu(
         FfnActivation::SwiGlu => 0i32,
         FfnActivation::GeGlu => 1,
     };
-    let (o, c, n) = (out.ptr(), cols as i32, out.len() as u64);
+    let (mode, (xq, xd)) = prepare_for(b, out, Some(next))?;
+    // A thread per value, or a warp per quantization block.
+    let (n, threads) = match mode {
+        Activations::Float => (out.len(), out.len()),
+        Activations::Q8K => (out.len() / 256, out.len() / 8),
+        _ => (out.len() / 32, out.len()),
+    };
+    let (o, c, n, m) = (out.ptr(), cols as i32, n as u64, mode.mode());
     b.launch_n(
         "glu",
-        out.len(),
-        &mut kernel_args![g, u, stride, o, c, act, n],
+        threads,
+        &mut kernel_args![g, u, stride, o, c, act, n, xq, xd, m],
+    )
+}
+
+/// The index of each row's largest value into `dst` (u32s on the device).
+pub(crate) fn argmax(b: &CudaBackend, x: &CudaTensor, dst: u64) -> Result<(), CudaError> {
+    let (xp, cols) = (x.ptr(), x.cols as i32);
+    b.gpu.launch(
+        "argmax_rows",
+        (x.rows as u32, 1, 1),
+        1024,
+        &mut kernel_args![xp, cols, dst],
     )
 }
 

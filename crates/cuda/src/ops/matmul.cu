@@ -95,38 +95,69 @@ __device__ __forceinline__ void dot_unit_float(const u8* row, int u, const float
     }
 }
 
-// out[r][row] = sum over the row of w * x[r], for R activation rows.
-template <int T, int R>
-__device__ __forceinline__ void gemv(const u8* w, u64 row_bytes, const float* x, const i8* xq, const float2* xd,
-                                     float* out, int k, int n) {
-    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE;
+// Weight rows per warp for R activation rows: a unit's activations,
+// loaded once, serve them all, and their weight loads are in flight
+// together (the loads, not DRAM, bound a warp with one row).
+#define GEMV_WEIGHT_ROWS(R) ((R) == 1 ? 4 : (R) == 2 ? 2 : 1)
+
+// out[r][row] = sum over the row of w * x[r], for R activation rows; up to
+// three weights of type T and the same row length share a launch (Q, K, V;
+// gate, up), their rows numbered one after the other: w1's after w0's.
+// Each warp takes WR consecutive rows.
+template <int T, int R, int WR>
+__device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, float* o0, float* o1,
+                                     float* o2, int n0, int n1, int n2, const float* x, const i8* xq,
+                                     const float2* xd, int k) {
+    follow_predecessor();
+    int first = (blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE) * WR;
     int lane = threadIdx.x % WARP_SIZE;
-    if (row >= n) return;
-    const u8* wr = w + (size_t)row * row_bytes;
-    int units = k / unit_len<T>();
-    float acc[R];
+    if (first >= n0 + n1 + n2) return;
+    const u8* wr[WR];
+    float* out[WR];
+    int n[WR], row[WR];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int i = 0; i < WR; i++) {
+        int at = first + i;
+        bool in1 = at >= n0, in2 = at >= n0 + n1, past = at >= n0 + n1 + n2;
+        // A row past the end repeats row 0 of w0 and is not stored.
+        row[i] = past ? -1 : in2 ? at - n0 - n1 : in1 ? at - n0 : at;
+        n[i] = in2 ? n2 : in1 ? n1 : n0;
+        out[i] = in2 ? o2 : in1 ? o1 : o0;
+        wr[i] = past ? w0 : (in2 ? w2 : in1 ? w1 : w0) + (size_t)row[i] * row_bytes;
+    }
+    int units = k / unit_len<T>();
+    float acc[WR][R];
+#pragma unroll
+    for (int i = 0; i < WR; i++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
     for (int u = lane; u < units; u += WARP_SIZE) {
-        if (T == T_F32 || T == T_F16 || T == T_BF16) {
-            dot_unit_float<T, R>(wr, u, x, k, acc);
-        } else {
-            dot_unit<T, R>(wr, u, xq, xd, k, acc);
+#pragma unroll
+        for (int i = 0; i < WR; i++) {
+            if (T == T_F32 || T == T_F16 || T == T_BF16) {
+                dot_unit_float<T, R>(wr[i], u, x, k, acc[i]);
+            } else {
+                dot_unit<T, R>(wr[i], u, xq, xd, k, acc[i]);
+            }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        float v = warp_sum(acc[r]);
-        if (lane == 0) out[(size_t)r * n + row] = v;
+    for (int i = 0; i < WR; i++) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float v = warp_sum(acc[i][r]);
+            if (lane == 0 && row[i] >= 0) out[i][(size_t)r * n[i] + row[i]] = v;
+        }
     }
 }
 
-#define GEMV_ROWS(name, T, R)                                                                      \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP_SIZE)                          \
-        gemv_##name##_##R(const u8* w, u64 row_bytes, const float* x, const i8* xq, const float2* xd, \
-                          float* out, int k, int n) {                                              \
-        gemv<T, R>(w, row_bytes, x, xq, xd, out, k, n);                                            \
+#define GEMV_KERNEL(kname, T, R, WR)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP_SIZE)                               \
+        kname(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, float* o0, float* o1, float* o2, \
+              int n0, int n1, int n2, const float* x, const i8* xq, const float2* xd, int k) {          \
+        gemv<T, R, WR>(w0, w1, w2, row_bytes, o0, o1, o2, n0, n1, n2, x, xq, xd, k);                    \
     }
+#define GEMV_ROWS(name, T, R) GEMV_KERNEL(gemv_##name##_##R, T, R, GEMV_WEIGHT_ROWS(R))
 
 // Elements j0 .. j0 + 8 of a row (j0 a multiple of 8, so that they share
 // their block's scales): the common formats decode the 8 at once, the
@@ -178,6 +209,7 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
 // the row. And gathers token rows to f32 (the embedding).
 #define CONVERT(name, T)                                                                              \
     extern "C" __global__ void dequant_f16_##name(const u8* w, u64 row_bytes, u16* out, int k) {      \
+        follow_predecessor();                                                                         \
         int j0 = 8 * (blockIdx.y * blockDim.x + threadIdx.x);                                         \
         if (j0 >= k) return;                                                                          \
         const u8* row = w + blockIdx.x * row_bytes;                                                   \
@@ -194,13 +226,15 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
     }                                                                                                 \
     extern "C" __global__ void embed_##name(const u8* w, u64 row_bytes, const u32* tokens, float* out, \
                                             int k, int rows) {                                        \
+        follow_predecessor();                                                                         \
         u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                                           \
         if (i >= (u64)rows * k) return;                                                               \
         u64 r = i / k;                                                                                \
         out[i] = elem<T>(w + (u64)tokens[r] * row_bytes, (int)(i % k));                               \
     }
 
-#define WEIGHT_TYPE(name, T) \
+#define WEIGHT_TYPE(name, T)           \
+    GEMV_KERNEL(gemv1_##name, T, 1, 1) \
     GEMV_ROWS(name, T, 1)    \
     GEMV_ROWS(name, T, 2)    \
     GEMV_ROWS(name, T, 3)    \
@@ -223,81 +257,28 @@ WEIGHT_TYPE(q4_k, T_Q4_K)
 WEIGHT_TYPE(q5_k, T_Q5_K)
 WEIGHT_TYPE(q6_k, T_Q6_K)
 
-// Activations quantized as the CPU backend does for each weight type
-// (ggml's x86 quantizers), so that the integer parts of every dot match it.
-// Divisions are IEEE (__fdiv_rn) whatever the fast-math flags.
-
-// Q8_0 (mode 0) and Q8_1 (mode 1), one warp per block of 32: d = amax/127
-// rounded to f16, q = round-half-even(x * 127/amax); xd.y is the sum of
-// the q (Q8_0) or f16(d * sum) (Q8_1).
-extern "C" __global__ void quantize_q8_0(const float* x, i8* xq, float2* xd, u64 n_blocks, int mode) {
+// Activations quantized for a weight type (mode: QUANT_* of common.cuh),
+// one warp per block, n_blocks blocks.
+extern "C" __global__ void quantize(const float* x, i8* xq, float2* xd, u64 n_blocks, int mode) {
+    follow_predecessor();
     u64 blk = (u64)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    int lane = threadIdx.x % WARP_SIZE;
     if (blk >= n_blocks) return;
-    float v = x[blk * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = __fdiv_rn(amax, 127.0f);
-    float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
-    int q = __float2int_rn(v * id);
-    q = max(-128, min(127, q));
-    xq[blk * 32 + lane] = (i8)q;
-    int sum = (int)warp_sum((float)q);
-    if (lane == 0) {
-        float dh = h2f(f2h(d));
-        xd[blk] = make_float2(dh, mode == 0 ? (float)sum : h2f(f2h(d * (float)sum)));
-    }
-}
-
-// Q8_K, one warp per block of 256: the element of largest magnitude (the
-// first such) maps to -127; d = 1/iscale in f32. xd gets d and each block
-// of 32's sum of q.
-extern "C" __global__ void quantize_q8_k(const float* x, i8* xq, float2* xd, u64 n_blocks) {
-    u64 blk = (u64)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    u64 len = quant_block_len(mode);
     int lane = threadIdx.x % WARP_SIZE;
-    if (blk >= n_blocks) return;
-    const float* xb = x + blk * 256;
-    float v[8];
-    float amax = 0.0f;
-    int at = 0;
+    if (mode == QUANT_Q8_K) {
+        float v[8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        v[i] = xb[32 * i + lane];
-        if (fabsf(v[i]) > amax) {
-            amax = fabsf(v[i]);
-            at = 32 * i + lane;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float a2 = __shfl_xor_sync(FULL_MASK, amax, o);
-        int at2 = __shfl_xor_sync(FULL_MASK, at, o);
-        if (a2 > amax || (a2 == amax && at2 < at)) {
-            amax = a2;
-            at = at2;
-        }
-    }
-    i8* qb = xq + blk * 256;
-    if (amax == 0.0f) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) qb[32 * i + lane] = 0;
-        if (lane < 8) xd[blk * 8 + lane] = make_float2(0.0f, 0.0f);
-        return;
-    }
-    float max = xb[at];
-    float iscale = __fdiv_rn(-127.0f, max);
-    float d = __fdiv_rn(1.0f, iscale);
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        int q = min(127, __float2int_rn(iscale * v[i]));
-        qb[32 * i + lane] = (i8)q;
-        float sum = warp_sum((float)q);
-        if (lane == 0) xd[blk * 8 + i] = make_float2(d, sum);
+        for (int i = 0; i < 8; i++) v[i] = x[blk * len + 32 * i + lane];
+        quantize_block_q8_k(v, xq + blk * len, xd + blk * 8);
+    } else {
+        quantize_block_q8_0(x[blk * len + lane], xq + blk * len, xd + blk, mode == QUANT_Q8_1);
     }
 }
 
 // The quantized activations back to f16, the cuBLAS operand of the prefill
 // (so that prefill sees the same inputs as decode and the CPU).
 extern "C" __global__ void dequant_act_f16(const i8* xq, const float2* xd, u16* out, u64 n) {
+    follow_predecessor();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f2h(xd[i / 32].x * (float)xq[i]);
 }
@@ -305,6 +286,7 @@ extern "C" __global__ void dequant_act_f16(const i8* xq, const float2* xd, u16* 
 // f32 to f16 (mode 0) or bf16 (mode 1), both round-to-nearest-even, as the
 // CPU backend converts activations for F16 and BF16 weights.
 extern "C" __global__ void f32_to_half(const float* x, u16* out, u64 n, int mode) {
+    follow_predecessor();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = mode == 0 ? f2h(x[i]) : f2bf(x[i]);
 }

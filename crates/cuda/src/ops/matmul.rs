@@ -11,8 +11,18 @@ use super::ensure;
 use crate::{kernel_args, CudaBackend, CudaError, CudaTensor, CudaWeight, Scratch};
 
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
-/// Weight rows per GEMV block (one warp each).
+/// Warps per GEMV block.
 const GEMV_WARPS: u32 = 4;
+
+/// Weight rows per warp for `r` activation rows (GEMV_WEIGHT_ROWS in
+/// matmul.cu).
+fn gemv_weight_rows(r: usize) -> u32 {
+    match r {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
 
 /// The kernels compiled for one weight type (see `WEIGHT_TYPE` in matmul.cu).
 pub(crate) struct TypeKernels {
@@ -20,6 +30,8 @@ pub(crate) struct TypeKernels {
     pub embed: &'static str,
     pub dequant_f16: &'static str,
     pub gemv: [&'static str; GEMV_MAX_ROWS],
+    /// One activation row, one weight row per warp (experiment).
+    pub gemv1: &'static str,
     /// Row lengths must be a multiple of this.
     pub cols_multiple: usize,
 }
@@ -40,6 +52,7 @@ macro_rules! type_kernels {
                 concat!("gemv_", $name, "_7"),
                 concat!("gemv_", $name, "_8"),
             ],
+            gemv1: concat!("gemv1_", $name),
             cols_multiple: $multiple,
         }
     };
@@ -82,13 +95,40 @@ pub(crate) enum Activations {
     Q8K,
 }
 
-fn activations(ty: GgmlType) -> Activations {
-    match quarrel_quant::vec_dot_type(ty) {
-        GgmlType::Q8_0 => Activations::Q8_0,
-        GgmlType::Q8_1 => Activations::Q8_1,
-        GgmlType::Q8K => Activations::Q8K,
-        _ => Activations::Float,
+impl Activations {
+    /// The weight type's activations.
+    pub(crate) fn of(ty: GgmlType) -> Activations {
+        match quarrel_quant::vec_dot_type(ty) {
+            GgmlType::Q8_0 => Activations::Q8_0,
+            GgmlType::Q8_1 => Activations::Q8_1,
+            GgmlType::Q8K => Activations::Q8K,
+            _ => Activations::Float,
+        }
     }
+
+    /// The kernels' number for it (QUANT_* in common.cuh).
+    pub(crate) fn mode(self) -> i32 {
+        match self {
+            Activations::Float => 0,
+            Activations::Q8_0 => 1,
+            Activations::Q8_1 => 2,
+            Activations::Q8K => 3,
+        }
+    }
+}
+
+/// The addresses of `x`'s quantized copy (int8 values, per-block
+/// (d, sum)), allocated at first use.
+pub(crate) fn quant_buffers(b: &CudaBackend, x: &CudaTensor) -> Result<(u64, u64), CudaError> {
+    if x.quant.get().is_none() {
+        let bufs = (
+            b.gpu.alloc(x.max_rows * x.cols)?,
+            b.gpu.alloc(x.max_rows * x.cols / 32 * 8)?,
+        );
+        let _ = x.quant.set(bufs);
+    }
+    let (q, d) = x.quant.get().expect("just set");
+    Ok((q.ptr, d.ptr))
 }
 
 pub(crate) fn embed(
@@ -182,78 +222,15 @@ impl Matmul<'_> {
     }
 
     fn gemv(&mut self, start: usize, end: usize) -> Result<(), CudaError> {
-        let (b, x, w) = (self.b, self.x, self.w);
-        let k = w.cols;
-        let gpu = &b.gpu;
         let (xq, xd) = self.quantize()?;
-        let names = &kernels(w.ty).gemv;
-        let grid = (w.rows as u32).div_ceil(GEMV_WARPS);
-        let mut r0 = start;
-        while r0 < end {
-            let r = (end - r0).min(GEMV_MAX_ROWS);
-            let (wp, rb) = (w.buf.ptr, w.row_bytes as u64);
-            let xp = x.ptr() + (r0 * k * 4) as u64;
-            let xqp = xq + (r0 * k) as u64;
-            let xdp = xd + (r0 * k / 32 * 8) as u64;
-            let op = self.out.ptr() + (r0 * w.rows * 4) as u64;
-            let (ki, ni) = (k as i32, w.rows as i32);
-            gpu.launch(
-                names[r - 1],
-                (grid, 1, 1),
-                GEMV_WARPS * 32,
-                &mut kernel_args![wp, rb, xp, xqp, xdp, op, ki, ni],
-            )?;
-            r0 += r;
-        }
-        Ok(())
+        gemv(self.b, self.x, (xq, xd), &[(self.w, self.out)], start, end)
     }
 
     /// Every row of x quantized for the weight's type (see [`CudaTensor`]:
     /// done once for the matmuls that share x); the addresses of the int8
     /// values and of the per-block (d, sum).
     fn quantize(&mut self) -> Result<(u64, u64), CudaError> {
-        let (b, x) = (self.b, self.x);
-        let mode = activations(self.w.ty);
-        if mode == Activations::Float {
-            return Ok((0, 0));
-        }
-        let gpu = &b.gpu;
-        if x.quant.get().is_none() {
-            let bufs = (
-                gpu.alloc(x.max_rows * x.cols)?,
-                gpu.alloc(x.max_rows * x.cols / 32 * 8)?,
-            );
-            let _ = x.quant.set(bufs);
-        }
-        let (q, d) = x.quant.get().expect("just set");
-        let (xq, xd) = (q.ptr, d.ptr);
-        if x.quantized_as.get() != Some(mode) {
-            let xp = x.ptr();
-            let block = super::elementwise::BLOCK;
-            let warps = (block / 32) as u64;
-            if mode == Activations::Q8K {
-                let n = (x.len() / 256) as u64;
-                let grid = n.div_ceil(warps) as u32;
-                gpu.launch(
-                    "quantize_q8_k",
-                    (grid, 1, 1),
-                    block,
-                    &mut kernel_args![xp, xq, xd, n],
-                )?;
-            } else {
-                let n = (x.len() / 32) as u64;
-                let grid = n.div_ceil(warps) as u32;
-                let m = i32::from(mode == Activations::Q8_1);
-                gpu.launch(
-                    "quantize_q8_0",
-                    (grid, 1, 1),
-                    block,
-                    &mut kernel_args![xp, xq, xd, n, m],
-                )?;
-            }
-            x.quantized_as.set(Some(mode));
-        }
-        Ok((xq, xd))
+        quantize(self.b, self.x, Activations::of(self.w.ty))
     }
 
     fn gemm(&mut self, s: &mut Scratch, start: usize, end: usize) -> Result<(), CudaError> {
@@ -288,7 +265,7 @@ impl Matmul<'_> {
         };
         let x16 = ensure(gpu, &mut s.x16, rows * k * 2)?;
         let cnt = (rows * k) as u64;
-        if activations(w.ty) == Activations::Float {
+        if Activations::of(w.ty) == Activations::Float {
             let xp = x.ptr() + (start * k * 4) as u64;
             let mode = i32::from(w.ty == GgmlType::Bf16);
             b.launch_n(
@@ -340,4 +317,132 @@ impl Matmul<'_> {
         }
         Ok(())
     }
+}
+
+/// x quantized as `mode` (once for the matmuls that share x, see
+/// [`CudaTensor`]); the addresses of its int8 values and per-block
+/// (d, sum), zeros for [`Activations::Float`].
+fn quantize(b: &CudaBackend, x: &CudaTensor, mode: Activations) -> Result<(u64, u64), CudaError> {
+    if mode == Activations::Float {
+        return Ok((0, 0));
+    }
+    let (xq, xd) = quant_buffers(b, x)?;
+    if x.quantized_as.get() != Some(mode) {
+        let block_len = if mode == Activations::Q8K { 256 } else { 32 };
+        let n = (x.len() / block_len) as u64;
+        let block = super::elementwise::BLOCK;
+        let grid = n.div_ceil((block / 32) as u64) as u32;
+        let (xp, m) = (x.ptr(), mode.mode());
+        b.gpu.launch(
+            "quantize",
+            (grid, 1, 1),
+            block,
+            &mut kernel_args![xp, xq, xd, n, m],
+        )?;
+        x.quantized_as.set(Some(mode));
+    }
+    Ok((xq, xd))
+}
+
+/// Rows start..end of x times up to three weights of one type and row
+/// length, in GEMV launches of up to [`GEMV_MAX_ROWS`] rows; `quant`: x's
+/// quantized copy for that type.
+fn gemv(
+    b: &CudaBackend,
+    x: &CudaTensor,
+    (xq, xd): (u64, u64),
+    mats: &[(&CudaWeight, &CudaTensor)],
+    start: usize,
+    end: usize,
+) -> Result<(), CudaError> {
+    assert!(
+        (1..=3).contains(&mats.len()),
+        "one to three weights per launch"
+    );
+    let w0 = mats[0].0;
+    let k = w0.cols;
+    let names = &kernels(w0.ty).gemv;
+    let total: usize = mats.iter().map(|(w, _)| w.rows).sum();
+    static ONE_ROW_WARPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let one_row_warps =
+        *ONE_ROW_WARPS.get_or_init(|| std::env::var_os("QUARREL_GEMV_WR1").is_some());
+    let mut r0 = start;
+    while r0 < end {
+        let r = (end - r0).min(GEMV_MAX_ROWS);
+        let (name, wr) = if r == 1 && one_row_warps {
+            (kernels(w0.ty).gemv1, 1)
+        } else {
+            (names[r - 1], gemv_weight_rows(r))
+        };
+        let grid = (total as u32).div_ceil(GEMV_WARPS * wr);
+        let mut ws = [0u64; 3];
+        let mut os = [0u64; 3];
+        let mut ns = [0i32; 3];
+        for (i, (w, out)) in mats.iter().enumerate() {
+            debug_assert!(w.ty == w0.ty && w.cols == k);
+            ws[i] = w.buf.ptr;
+            os[i] = out.ptr() + (r0 * w.rows * 4) as u64;
+            ns[i] = w.rows as i32;
+        }
+        let rb = w0.row_bytes as u64;
+        let xp = x.ptr() + (r0 * k * 4) as u64;
+        let xqp = xq + (r0 * k) as u64;
+        let xdp = xd + (r0 * k / 32 * 8) as u64;
+        let ki = k as i32;
+        b.gpu.launch(
+            name,
+            (grid, 1, 1),
+            GEMV_WARPS * 32,
+            &mut kernel_args![
+                ws[0], ws[1], ws[2], rb, os[0], os[1], os[2], ns[0], ns[1], ns[2], xp, xqp, xdp, ki
+            ],
+        )?;
+        r0 += r;
+    }
+    Ok(())
+}
+
+/// outs[i] = x · ws[i]ᵀ: where every group runs the GEMV kernels,
+/// consecutive weights of one type share their launches; otherwise one
+/// matmul each.
+pub(crate) fn matmul_many(
+    b: &CudaBackend,
+    s: &mut Scratch,
+    x: &CudaTensor,
+    ws: &[&CudaWeight],
+    outs: &[&mut CudaTensor],
+    groups: &[RowGroup],
+) -> Result<(), CudaError> {
+    let all_gemv = groups.iter().all(|g| gemv_rows(g.kernels, g.rows.len()));
+    let rows = groups.first().map_or(0..0, |f| {
+        f.rows.start..groups.last().expect("first").rows.end
+    });
+    let mut i = 0;
+    while i < ws.len() {
+        let mut j = i + 1;
+        while all_gemv
+            && j < ws.len()
+            && j - i < 3
+            && ws[j].ty == ws[i].ty
+            && ws[j].cols == ws[i].cols
+        {
+            j += 1;
+        }
+        if j - i == 1 {
+            matmul(b, s, x, ws[i], &*outs[i], groups)?;
+        } else {
+            for (w, out) in ws[i..j].iter().zip(&outs[i..j]) {
+                assert_eq!(x.cols, w.cols, "matmul inner dimensions");
+                assert_eq!(out.cols, w.rows, "matmul output width");
+            }
+            let quant = quantize(b, x, Activations::of(ws[i].ty))?;
+            let mut mats = [(ws[i], &*outs[i]); 3];
+            for (m, t) in mats.iter_mut().zip(i..j) {
+                *m = (ws[t], &*outs[t]);
+            }
+            gemv(b, x, quant, &mats[..j - i], rows.start, rows.end)?;
+        }
+        i = j;
+    }
+    Ok(())
 }
