@@ -290,12 +290,13 @@ impl Backend for CudaBackend {
         if !ops::matmul::supports(info.ty, cols) {
             return Err(unsupported());
         }
+        let (bytes, row_bytes) = ops::matmul::device_layout(info.ty, data, rows);
         Ok(CudaWeight {
             ty: info.ty,
             rows,
             cols,
-            row_bytes: data.len() / rows,
-            buf: self.gpu.upload(data).map_err(fail)?,
+            row_bytes,
+            buf: self.gpu.upload(&bytes).map_err(fail)?,
         })
     }
 

@@ -733,7 +733,13 @@ fn embed_and_row_ops_match_reference() {
     let b = &*b;
     let (vocab, cols) = (50, 256);
     let tokens: Vec<u32> = vec![7, 0, 49, 7, 23];
-    for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
+    // Q6_K: repacked at upload, 512 columns: rows of two blocks, padded.
+    for (ty, cols) in [
+        (GgmlType::Q4K, cols),
+        (GgmlType::Q8_0, cols),
+        (GgmlType::F16, cols),
+        (GgmlType::Q6K, 512),
+    ] {
         let (table, deq) = weight(b, ty, vocab, cols, &random(vocab * cols, 1.0));
         begin(b, &tokens, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4], &[1, 4]);
         let mut out = poisoned(b, tokens.len(), cols);

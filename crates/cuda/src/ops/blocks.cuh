@@ -102,17 +102,34 @@ __device__ __forceinline__ float elem_q5_k(const u8* row, int j) {
     return elem_k4(b->d, b->dmin, b->scales, b->qs, b->qh, j % 256);
 }
 
-__device__ __forceinline__ float elem_q6_k(const u8* row, int j) {
-    const BlockQ6_K* b = (const BlockQ6_K*)row + j / 256;
+// Q6_K rows are repacked at upload so that every load is aligned (its
+// 210-byte blocks are only 2-byte aligned): for a row of nb blocks, each
+// block's ql and qh (192 bytes), then each block's 16 scales, then each
+// block's d.
+struct Q6KRow {
+    const u8* quants;  // ql[128] then qh[64], per block
+    const i8* scales;  // 16 per block
+    const u16* d;      // one per block
+    __device__ __forceinline__ Q6KRow(const u8* row, int k) {
+        int nb = k / 256;
+        quants = row;
+        scales = (const i8*)(row + 192 * nb);
+        d = (const u16*)(row + 208 * nb);
+    }
+};
+
+__device__ __forceinline__ float elem_q6_k(const u8* row, int j, int k) {
+    Q6KRow r(row, k);
+    int b = j / 256;
     // Two halves of 128; in each, position l of 32 gives elements
     // l, l+32, l+64, l+96 from ql[l], ql[l+32] and the 2-bit pairs of qh[l].
-    int i = j % 256, n = i / 128, r = i % 128, g = r / 32, l = r % 32;
-    const u8* ql = b->ql + 64 * n;
-    u8 h = b->qh[32 * n + l];
+    int i = j % 256, n = i / 128, g = (i % 128) / 32, l = i % 32;
+    const u8* ql = r.quants + 192 * b + 64 * n;
+    u8 h = r.quants[192 * b + 128 + 32 * n + l];
     int lo = (g & 1) ? ql[l + 32] : ql[l];
     lo = (g & 2) ? (lo >> 4) : (lo & 0xF);
     int q = (lo | (((h >> (2 * g)) & 3) << 4)) - 32;
-    return h2f(b->d) * (float)b->scales[8 * n + l / 16 + 2 * g] * (float)q;
+    return h2f(r.d[b]) * (float)r.scales[16 * b + 8 * n + l / 16 + 2 * g] * (float)q;
 }
 
 // ---- units of a row against int8 activations ------------------------------
@@ -282,24 +299,33 @@ __device__ __forceinline__ void dot_q5_k(const u8* row, int u, const i8* xq, con
 // the half for g = 0..3, each with its own 8-bit scale.
 template <int R>
 __device__ __forceinline__ void dot_q6_k(const u8* row, int u, const i8* xq, const float2* xd, int k, float* acc) {
-    const BlockQ6_K* b = (const BlockQ6_K*)row + u / 4;
-    int n = (u / 2) % 2, i = u % 2;
-    const u8* ql = b->ql + 64 * n + 16 * i;
-    const u8* qh = b->qh + 32 * n + 16 * i;
+    Q6KRow rw(row, k);
+    int b = u / 4, n = (u / 2) % 2, i = u % 2;
+    const u8* quants = rw.quants + 192 * b;
+    int4 a4 = *(const int4*)(quants + 64 * n + 16 * i);
+    int4 c4 = *(const int4*)(quants + 64 * n + 32 + 16 * i);
+    int4 h4 = *(const int4*)(quants + 128 + 32 * n + 16 * i);
+    uint4 sc4 = *(const uint4*)(rw.scales + 16 * b);
+    int av[4] = {a4.x, a4.y, a4.z, a4.w}, cv[4] = {c4.x, c4.y, c4.z, c4.w}, hv[4] = {h4.x, h4.y, h4.z, h4.w};
     int q[4][4];
 #pragma unroll
     for (int w = 0; w < 4; w++) {
-        int a = load_u32_a2(ql + 4 * w), c = load_u32_a2(ql + 32 + 4 * w), h = load_u32_a2(qh + 4 * w);
+        int a = av[w], c = cv[w], h = hv[w];
         q[0][w] = (a & 0x0F0F0F0F) | ((h & 0x03030303) << 4);
         q[1][w] = (c & 0x0F0F0F0F) | (((h >> 2) & 0x03030303) << 4);
         q[2][w] = ((a >> 4) & 0x0F0F0F0F) | (((h >> 4) & 0x03030303) << 4);
         q[3][w] = ((c >> 4) & 0x0F0F0F0F) | (((h >> 6) & 0x03030303) << 4);
     }
-    float d = h2f(b->d);
+    float d = h2f(rw.d[b]);
+    // Scale 8n + i + 2g of the block's 16: byte i + 2g of word 2n or 2n + 1.
+    u32 s_lo = n ? sc4.z : sc4.x, s_hi = n ? sc4.w : sc4.y;
     int sc[4];
 #pragma unroll
-    for (int g = 0; g < 4; g++) sc[g] = b->scales[8 * n + i + 2 * g];
-    int blk = (u / 4) * 8 + 4 * n;  // activation block of group 0
+    for (int g = 0; g < 4; g++) {
+        int byte = i + 2 * g;
+        sc[g] = (int)(i8)(((byte < 4 ? s_lo : s_hi) >> (8 * (byte % 4))) & 0xFF);
+    }
+    int blk = b * 8 + 4 * n;  // activation block of group 0
 #pragma unroll
     for (int r = 0; r < R; r++) {
         int sum = 0;

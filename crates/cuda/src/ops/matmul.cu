@@ -22,7 +22,7 @@
 #define T_BF16 30
 
 template <int T>
-__device__ __forceinline__ float elem(const u8* row, int j) {
+__device__ __forceinline__ float elem(const u8* row, int j, int k) {
     switch (T) {
         case T_F32: return ((const float*)row)[j];
         case T_F16: return h2f(((const u16*)row)[j]);
@@ -34,7 +34,7 @@ __device__ __forceinline__ float elem(const u8* row, int j) {
         case T_Q8_0: return elem_q8_0(row, j);
         case T_Q4_K: return elem_q4_k(row, j);
         case T_Q5_K: return elem_q5_k(row, j);
-        default: return elem_q6_k(row, j);
+        default: return elem_q6_k(row, j, k);
     }
 }
 
@@ -163,7 +163,7 @@ __device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u
 // their block's scales): the common formats decode the 8 at once, the
 // others element by element.
 template <int T>
-__device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
+__device__ __forceinline__ void elem8(const u8* row, int j0, int k, float* o) {
     if (T == T_Q4_K || T == T_Q5_K) {
         const u8* blk = row + (j0 / 256) * (T == T_Q4_K ? 144 : 176);
         int i0 = j0 % 256, l0 = i0 % 32, sub = i0 / 32;
@@ -183,15 +183,18 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
             o[e] = d * (float)(sc * v) - dmin * (float)m;
         }
     } else if (T == T_Q6_K) {
-        const u8* blk = row + (j0 / 256) * 210;
-        int i0 = j0 % 256, n = i0 / 128, g = (i0 % 128) / 32, l0 = i0 % 32;
-        const u8* ql = blk + 64 * n + ((g & 1) ? 32 : 0) + l0;
-        const u8* qh = blk + 128 + 32 * n + l0;
-        float d = h2f((u16)(blk[208] | (blk[209] << 8))) * (float)(i8)blk[192 + 8 * n + l0 / 16 + 2 * g];
+        Q6KRow r(row, k);
+        int b = j0 / 256, i0 = j0 % 256, n = i0 / 128, g = (i0 % 128) / 32, l0 = i0 % 32;
+        const u8* ql = r.quants + 192 * b + 64 * n + ((g & 1) ? 32 : 0) + l0;
+        const u8* qh = r.quants + 192 * b + 128 + 32 * n + l0;
+        float d = h2f(r.d[b]) * (float)r.scales[16 * b + 8 * n + l0 / 16 + 2 * g];
+        uint2 lv = *(const uint2*)ql, hv = *(const uint2*)qh;
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-            int lo = (g & 2) ? (ql[e] >> 4) : (ql[e] & 0xF);
-            o[e] = d * (float)((lo | (((qh[e] >> (2 * g)) & 3) << 4)) - 32);
+            int lb = (int)(((e < 4 ? lv.x : lv.y) >> (8 * (e % 4))) & 0xFF);
+            int hb = (int)(((e < 4 ? hv.x : hv.y) >> (8 * (e % 4))) & 0xFF);
+            int lo = (g & 2) ? (lb >> 4) : (lb & 0xF);
+            o[e] = d * (float)((lo | (((hb >> (2 * g)) & 3) << 4)) - 32);
         }
     } else if (T == T_Q8_0) {
         const u8* blk = row + (j0 / 32) * 34;
@@ -200,7 +203,7 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
         for (int e = 0; e < 8; e++) o[e] = d * (float)(i8)blk[2 + j0 % 32 + e];
     } else {
 #pragma unroll
-        for (int e = 0; e < 8; e++) o[e] = elem<T>(row, j0 + e);
+        for (int e = 0; e < 8; e++) o[e] = elem<T>(row, j0 + e, k);
     }
 }
 
@@ -215,11 +218,11 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
         const u8* row = w + blockIdx.x * row_bytes;                                                   \
         u16* o16 = out + (u64)blockIdx.x * k + j0;                                                    \
         if (k % 8 != 0) { /* f32 rows of 4n: element by element */                                    \
-            for (int e = 0; e < 8 && j0 + e < k; e++) o16[e] = f2h(elem<T>(row, j0 + e));            \
+            for (int e = 0; e < 8 && j0 + e < k; e++) o16[e] = f2h(elem<T>(row, j0 + e, k));            \
             return;                                                                                   \
         }                                                                                             \
         float o[8];                                                                                   \
-        elem8<T>(row, j0, o);                                                                         \
+        elem8<T>(row, j0, k, o);                                                                       \
         u32 p[4];                                                                                     \
         for (int e = 0; e < 4; e++) p[e] = (u32)f2h(o[2 * e]) | ((u32)f2h(o[2 * e + 1]) << 16);       \
         *(uint4*)o16 = make_uint4(p[0], p[1], p[2], p[3]);                                            \
@@ -230,7 +233,7 @@ __device__ __forceinline__ void elem8(const u8* row, int j0, float* o) {
         u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                                           \
         if (i >= (u64)rows * k) return;                                                               \
         u64 r = i / k;                                                                                \
-        out[i] = elem<T>(w + (u64)tokens[r] * row_bytes, (int)(i % k));                               \
+        out[i] = elem<T>(w + (u64)tokens[r] * row_bytes, (int)(i % k), k);                               \
     }
 
 #define WEIGHT_TYPE(name, T)           \

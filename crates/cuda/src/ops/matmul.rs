@@ -85,6 +85,38 @@ pub(crate) fn supports(ty: GgmlType, cols: usize) -> bool {
         .any(|k| k.ty == ty && cols.is_multiple_of(k.cols_multiple))
 }
 
+/// A weight's bytes as the kernels read them, and its row stride: Q6_K
+/// rows repacked so that every load is aligned (see `Q6KRow` in
+/// blocks.cuh: each block's 192 quant bytes, then each block's 16 scales,
+/// then each block's d; rows padded to 16 bytes), other types as stored.
+pub(crate) fn device_layout(
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+) -> (std::borrow::Cow<'_, [u8]>, usize) {
+    let row_bytes = data.len() / rows;
+    if ty != GgmlType::Q6K {
+        return (data.into(), row_bytes);
+    }
+    const BLOCK: usize = 210;
+    let nb = row_bytes / BLOCK;
+    let stride = row_bytes.next_multiple_of(16);
+    let mut out = vec![0u8; rows * stride];
+    for (src, dst) in data
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(stride))
+    {
+        let (quants, rest) = dst.split_at_mut(192 * nb);
+        let (scales, d) = rest.split_at_mut(16 * nb);
+        for (b, blk) in src.chunks_exact(BLOCK).enumerate() {
+            quants[192 * b..][..192].copy_from_slice(&blk[..192]);
+            scales[16 * b..][..16].copy_from_slice(&blk[192..208]);
+            d[2 * b..][..2].copy_from_slice(&blk[208..210]);
+        }
+    }
+    (out.into(), stride)
+}
+
 /// How activations are quantized for a weight type (ggml's vec_dot_type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activations {
