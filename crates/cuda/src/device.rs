@@ -232,7 +232,7 @@ impl Gpu {
             self.fingerprint.store(h, Ordering::Relaxed);
             return Ok(());
         }
-        let mut params = [std::ptr::null_mut(); 16];
+        let mut params = [std::ptr::null_mut(); 20];
         assert!(args.len() <= params.len(), "too many kernel arguments");
         for (p, &(a, _)) in params.iter_mut().zip(args.iter()) {
             *p = a;

@@ -433,25 +433,23 @@ impl Backend for CudaBackend {
         &self,
         x: &CudaTensor,
         ws: &[&CudaWeight],
+        biases: &[Option<&CudaWeight>],
         outs: &mut [&mut CudaTensor],
         groups: &[RowGroup],
     ) {
-        assert_eq!(ws.len(), outs.len(), "one output per weight");
+        assert!(
+            ws.len() == outs.len() && ws.len() == biases.len(),
+            "one output and bias per weight"
+        );
         for out in outs.iter_mut() {
             out.written().rows = x.rows;
         }
-        self.run(|s| ops::matmul::matmul_many(self, s, x, ws, outs, groups));
+        self.run(|s| ops::matmul::matmul_many(self, s, x, ws, biases, outs, groups));
     }
 
     fn add_bias(&self, x: &mut CudaTensor, b: &CudaWeight) {
-        let (ptr, bias, cols, n) = (x.written().ptr(), b.buf.ptr, x.cols as i32, x.len() as u64);
-        self.run(|_| {
-            self.launch_n(
-                "add_bias",
-                n as usize,
-                &mut kernel_args![ptr, bias, cols, n],
-            )
-        });
+        x.written();
+        self.run(|_| ops::elementwise::add_bias(self, x, b));
     }
 
     fn copy_cols(&self, src: &CudaTensor, start: usize, dst: &mut CudaTensor) {

@@ -626,7 +626,8 @@ fn fused_quantization_matches_separate_steps() {
 }
 
 /// Weights that share their input, in shared launches where they have one
-/// type: the same bits as one matmul each.
+/// type, biases added as they store: the same bits as one matmul (and
+/// bias) each.
 #[test]
 fn matmul_many_matches_matmul() {
     let Some(b) = gpu() else { return };
@@ -641,20 +642,26 @@ fn matmul_many_matches_matmul() {
         .iter()
         .map(|&(ty, n)| weight(b, ty, n, k, &random(n * k, 1.0)).0)
         .collect();
+    let (bq, _) = weight(b, GgmlType::F32, 1, 96, &random(96, 1.0));
+    let (bv, _) = weight(b, GgmlType::F32, 1, 32, &random(32, 1.0));
+    let biases = [Some(&bq), None, Some(&bv)];
     for rows in [1, 4, 8, 9] {
         let x = random(rows * k, 1.0);
         let xt = tensor(b, &x, k);
         let mut outs: Vec<CudaTensor> = shapes.iter().map(|&(_, n)| poisoned(b, rows, n)).collect();
         let mut refs: Vec<&mut CudaTensor> = outs.iter_mut().collect();
-        b.matmul_many(
-            &xt,
-            &ws.iter().collect::<Vec<_>>(),
-            &mut refs,
-            &one_group(rows),
-        );
-        for ((w, out), &(ty, n)) in ws.iter().zip(&outs).zip(&shapes) {
-            let want = matmul_of_copy(b, &x, k, w, n);
-            assert!(same_bits(&read(b, out), &want), "{ty} × {rows} rows");
+        let w_refs: Vec<&CudaWeight> = ws.iter().collect();
+        b.matmul_many(&xt, &w_refs, &biases, &mut refs, &one_group(rows));
+        for (((w, out), &(ty, n)), bias) in ws.iter().zip(&outs).zip(&shapes).zip(biases) {
+            let mut want = poisoned(b, rows, n);
+            b.matmul(&tensor(b, &x, k), w, &mut want, &one_group(rows));
+            if let Some(bias) = bias {
+                b.add_bias(&mut want, bias);
+            }
+            assert!(
+                same_bits(&read(b, out), &read(b, &want)),
+                "{ty} × {rows} rows"
+            );
         }
     }
 }

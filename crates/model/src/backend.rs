@@ -167,18 +167,26 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Tensor,
         groups: &[RowGroup],
     );
-    /// outs[i] = x · ws[i]ᵀ for weights that share their input (Q, K and
-    /// V; gate and up), which a backend may compute together.
+    /// outs[i] = x · ws[i]ᵀ (+ biases[i], where given) for weights that
+    /// share their input (Q, K and V; gate and up), which a backend may
+    /// compute together.
     fn matmul_many(
         &self,
         x: &Self::Tensor,
         ws: &[&Self::Weight],
+        biases: &[Option<&Self::Weight>],
         outs: &mut [&mut Self::Tensor],
         groups: &[RowGroup],
     ) {
-        assert_eq!(ws.len(), outs.len(), "one output per weight");
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        assert!(
+            ws.len() == outs.len() && ws.len() == biases.len(),
+            "one output and bias per weight"
+        );
+        for ((w, bias), out) in ws.iter().zip(biases).zip(outs.iter_mut()) {
             self.matmul(x, w, out, groups);
+            if let Some(bias) = bias {
+                self.add_bias(out, bias);
+            }
         }
     }
     fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);

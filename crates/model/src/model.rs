@@ -281,6 +281,7 @@ impl<B: Backend> Model<B> {
                     b.matmul_many(
                         &s.xn,
                         &[gate, up],
+                        &[None, None],
                         &mut [&mut s.gate, &mut *up_t],
                         &s.groups,
                     );
@@ -341,14 +342,10 @@ impl<B: Backend> Model<B> {
                 b.matmul_many(
                     &s.xn,
                     &[q, k, v],
+                    &[q_bias.as_ref(), k_bias.as_ref(), v_bias.as_ref()],
                     &mut [&mut s.q, &mut s.k, &mut s.v],
                     &s.groups,
                 );
-                for (bias, out) in [(q_bias, &mut s.q), (k_bias, &mut s.k), (v_bias, &mut s.v)] {
-                    if let Some(bias) = bias {
-                        b.add_bias(out, bias);
-                    }
-                }
             }
             QkvWeights::Fused(wt) => {
                 let qkv = s.qkv.as_mut().expect("scratch matches the weights");

@@ -143,6 +143,16 @@ pub(crate) fn glu(
     )
 }
 
+/// x += b, row by row.
+pub(crate) fn add_bias(
+    b: &CudaBackend,
+    x: &CudaTensor,
+    bias: &CudaWeight,
+) -> Result<(), CudaError> {
+    let (ptr, bp, cols, n) = (x.ptr(), bias.buf.ptr, x.cols as i32, x.len() as u64);
+    b.launch_n("add_bias", x.len(), &mut kernel_args![ptr, bp, cols, n])
+}
+
 /// The index of each row's largest value into `dst` (u32s on the device).
 pub(crate) fn argmax(b: &CudaBackend, x: &CudaTensor, dst: u64) -> Result<(), CudaError> {
     let (xp, cols) = (x.ptr(), x.cols as i32);

@@ -100,19 +100,21 @@ __device__ __forceinline__ void dot_unit_float(const u8* row, int u, const float
 // together (the loads, not DRAM, bound a warp with one row).
 #define GEMV_WEIGHT_ROWS(R) ((R) == 1 ? 4 : (R) == 2 ? 2 : 1)
 
-// out[r][row] = sum over the row of w * x[r], for R activation rows; up to
-// three weights of type T and the same row length share a launch (Q, K, V;
-// gate, up), their rows numbered one after the other: w1's after w0's.
+// out[r][row] = sum over the row of w * x[r] (+ bias[row] where a bias is
+// given), for R activation rows; up to three weights of type T and the same
+// row length share a launch (Q, K, V; gate, up), their rows numbered one
+// after the other: w1's after w0's.
 // Each warp takes WR consecutive rows.
 template <int T, int R, int WR>
-__device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, float* o0, float* o1,
-                                     float* o2, int n0, int n1, int n2, const float* x, const i8* xq,
-                                     const float2* xd, int k) {
+__device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, const float* b0,
+                                     const float* b1, const float* b2, float* o0, float* o1, float* o2, int n0,
+                                     int n1, int n2, const float* x, const i8* xq, const float2* xd, int k) {
     follow_predecessor();
     int first = (blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE) * WR;
     int lane = threadIdx.x % WARP_SIZE;
     if (first >= n0 + n1 + n2) return;
     const u8* wr[WR];
+    const float* bias[WR];
     float* out[WR];
     int n[WR], row[WR];
 #pragma unroll
@@ -123,6 +125,7 @@ __device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u
         row[i] = past ? -1 : in2 ? at - n0 - n1 : in1 ? at - n0 : at;
         n[i] = in2 ? n2 : in1 ? n1 : n0;
         out[i] = in2 ? o2 : in1 ? o1 : o0;
+        bias[i] = in2 ? b2 : in1 ? b1 : b0;
         wr[i] = past ? w0 : (in2 ? w2 : in1 ? w1 : w0) + (size_t)row[i] * row_bytes;
     }
     int units = k / unit_len<T>();
@@ -146,16 +149,17 @@ __device__ __forceinline__ void gemv(const u8* w0, const u8* w1, const u8* w2, u
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float v = warp_sum(acc[i][r]);
-            if (lane == 0 && row[i] >= 0) out[i][(size_t)r * n[i] + row[i]] = v;
+            if (lane == 0 && row[i] >= 0) out[i][(size_t)r * n[i] + row[i]] = bias[i] ? v + bias[i][row[i]] : v;
         }
     }
 }
 
 #define GEMV_KERNEL(kname, T, R, WR)                                                                    \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP_SIZE)                               \
-        kname(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, float* o0, float* o1, float* o2, \
-              int n0, int n1, int n2, const float* x, const i8* xq, const float2* xd, int k) {          \
-        gemv<T, R, WR>(w0, w1, w2, row_bytes, o0, o1, o2, n0, n1, n2, x, xq, xd, k);                    \
+        kname(const u8* w0, const u8* w1, const u8* w2, u64 row_bytes, const float* b0, const float* b1, \
+              const float* b2, float* o0, float* o1, float* o2, int n0, int n1, int n2, const float* x,  \
+              const i8* xq, const float2* xd, int k) {                                                   \
+        gemv<T, R, WR>(w0, w1, w2, row_bytes, b0, b1, b2, o0, o1, o2, n0, n1, n2, x, xq, xd, k);         \
     }
 #define GEMV_ROWS(name, T, R) GEMV_KERNEL(gemv_##name##_##R, T, R, GEMV_WEIGHT_ROWS(R))
 

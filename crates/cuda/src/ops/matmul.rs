@@ -255,7 +255,14 @@ impl Matmul<'_> {
 
     fn gemv(&mut self, start: usize, end: usize) -> Result<(), CudaError> {
         let (xq, xd) = self.quantize()?;
-        gemv(self.b, self.x, (xq, xd), &[(self.w, self.out)], start, end)
+        gemv(
+            self.b,
+            self.x,
+            (xq, xd),
+            &[(self.w, None, self.out)],
+            start,
+            end,
+        )
     }
 
     /// Every row of x quantized for the weight's type (see [`CudaTensor`]:
@@ -383,7 +390,7 @@ fn gemv(
     b: &CudaBackend,
     x: &CudaTensor,
     (xq, xd): (u64, u64),
-    mats: &[(&CudaWeight, &CudaTensor)],
+    mats: &[(&CudaWeight, Option<&CudaWeight>, &CudaTensor)],
     start: usize,
     end: usize,
 ) -> Result<(), CudaError> {
@@ -394,7 +401,7 @@ fn gemv(
     let w0 = mats[0].0;
     let k = w0.cols;
     let names = &kernels(w0.ty).gemv;
-    let total: usize = mats.iter().map(|(w, _)| w.rows).sum();
+    let total: usize = mats.iter().map(|(w, ..)| w.rows).sum();
     static ONE_ROW_WARPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let one_row_warps =
         *ONE_ROW_WARPS.get_or_init(|| std::env::var_os("QUARREL_GEMV_WR1").is_some());
@@ -407,12 +414,11 @@ fn gemv(
             (names[r - 1], gemv_weight_rows(r))
         };
         let grid = (total as u32).div_ceil(GEMV_WARPS * wr);
-        let mut ws = [0u64; 3];
-        let mut os = [0u64; 3];
-        let mut ns = [0i32; 3];
-        for (i, (w, out)) in mats.iter().enumerate() {
+        let (mut ws, mut bs, mut os, mut ns) = ([0u64; 3], [0u64; 3], [0u64; 3], [0i32; 3]);
+        for (i, (w, bias, out)) in mats.iter().enumerate() {
             debug_assert!(w.ty == w0.ty && w.cols == k);
             ws[i] = w.buf.ptr;
+            bs[i] = bias.map_or(0, |b| b.buf.ptr);
             os[i] = out.ptr() + (r0 * w.rows * 4) as u64;
             ns[i] = w.rows as i32;
         }
@@ -426,7 +432,8 @@ fn gemv(
             (grid, 1, 1),
             GEMV_WARPS * 32,
             &mut kernel_args![
-                ws[0], ws[1], ws[2], rb, os[0], os[1], os[2], ns[0], ns[1], ns[2], xp, xqp, xdp, ki
+                ws[0], ws[1], ws[2], rb, bs[0], bs[1], bs[2], os[0], os[1], os[2], ns[0], ns[1],
+                ns[2], xp, xqp, xdp, ki
             ],
         )?;
         r0 += r;
@@ -434,14 +441,15 @@ fn gemv(
     Ok(())
 }
 
-/// outs[i] = x · ws[i]ᵀ: where every group runs the GEMV kernels,
-/// consecutive weights of one type share their launches; otherwise one
-/// matmul each.
+/// outs[i] = x · ws[i]ᵀ + biases[i]: where every group runs the GEMV
+/// kernels, consecutive weights of one type share their launches and add
+/// their biases as they store; otherwise one matmul (and bias) each.
 pub(crate) fn matmul_many(
     b: &CudaBackend,
     s: &mut Scratch,
     x: &CudaTensor,
     ws: &[&CudaWeight],
+    biases: &[Option<&CudaWeight>],
     outs: &[&mut CudaTensor],
     groups: &[RowGroup],
 ) -> Result<(), CudaError> {
@@ -449,30 +457,32 @@ pub(crate) fn matmul_many(
     let rows = groups.first().map_or(0..0, |f| {
         f.rows.start..groups.last().expect("first").rows.end
     });
+    for ((w, bias), out) in ws.iter().zip(biases).zip(outs) {
+        assert_eq!(x.cols, w.cols, "matmul inner dimensions");
+        assert_eq!(out.cols, w.rows, "matmul output width");
+        assert!(bias.is_none_or(|b| b.cols == w.rows), "bias width");
+    }
     let mut i = 0;
     while i < ws.len() {
         let mut j = i + 1;
-        while all_gemv
-            && j < ws.len()
-            && j - i < 3
-            && ws[j].ty == ws[i].ty
-            && ws[j].cols == ws[i].cols
-        {
+        while j < ws.len() && j - i < 3 && ws[j].ty == ws[i].ty {
             j += 1;
         }
-        if j - i == 1 {
-            matmul(b, s, x, ws[i], &*outs[i], groups)?;
-        } else {
-            for (w, out) in ws[i..j].iter().zip(&outs[i..j]) {
-                assert_eq!(x.cols, w.cols, "matmul inner dimensions");
-                assert_eq!(out.cols, w.rows, "matmul output width");
-            }
+        if !all_gemv {
+            j = i + 1;
+        }
+        if all_gemv {
             let quant = quantize(b, x, Activations::of(ws[i].ty))?;
-            let mut mats = [(ws[i], &*outs[i]); 3];
+            let mut mats = [(ws[i], biases[i], &*outs[i]); 3];
             for (m, t) in mats.iter_mut().zip(i..j) {
-                *m = (ws[t], &*outs[t]);
+                *m = (ws[t], biases[t], &*outs[t]);
             }
             gemv(b, x, quant, &mats[..j - i], rows.start, rows.end)?;
+        } else {
+            matmul(b, s, x, ws[i], &*outs[i], groups)?;
+            if let Some(bias) = biases[i] {
+                super::elementwise::add_bias(b, outs[i], bias)?;
+            }
         }
         i = j;
     }
