@@ -163,19 +163,29 @@ impl Backend for CpuBackend {
         ops::rope::rope(&self.pool, x.live_mut(), cols, positions, p);
     }
 
-    fn attention(
+    fn kv_store(
         &self,
-        q: &CpuTensor,
         k: &CpuTensor,
         v: &CpuTensor,
         cache: &mut CpuKvCache,
         layer: usize,
         positions: &[u32],
         seqs: &[SeqRows<'_>],
+    ) {
+        ops::attention::store_kv(k, v, cache, layer, positions, seqs);
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        positions: &[u32],
+        seqs: &[SeqRows<'_>],
         p: &AttnParams,
         out: &mut CpuTensor,
     ) {
-        ops::attention::attention(&self.pool, q, k, v, cache, layer, positions, seqs, p, out);
+        ops::attention::attention(&self.pool, q, cache, layer, positions, seqs, p, out);
     }
 
     fn glu(

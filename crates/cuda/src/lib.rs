@@ -468,42 +468,61 @@ impl Backend for CudaBackend {
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: &RopeParams<'_, CudaWeight>) {
         debug_assert_eq!(positions.len(), x.rows);
         x.written();
-        self.run(|s| ops::elementwise::rope(self, s, x, None, p, 0));
+        self.run(|s| ops::elementwise::rope(self, s, x, None, None, p));
     }
 
-    fn rope_qk(
+    fn kv_store(
+        &self,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        positions: &[u32],
+        _seqs: &[SeqRows<'_>],
+    ) {
+        debug_assert_eq!(positions.len(), k.rows);
+        self.run(|s| ops::attention::kv_store(self, s, k, v, cache, layer));
+    }
+
+    fn rope_store(
         &self,
         q: &mut CudaTensor,
         k: &mut CudaTensor,
+        v: &CudaTensor,
+        cache: &mut CudaKvCache,
+        layer: usize,
         positions: &[u32],
+        seqs: &[SeqRows<'_>],
         pq: &RopeParams<'_, CudaWeight>,
         pk: &RopeParams<'_, CudaWeight>,
     ) {
         debug_assert_eq!(positions.len(), q.rows);
-        debug_assert_eq!(q.rows, k.rows);
+        debug_assert!(q.rows == k.rows && k.rows == v.rows);
         let factors = |p: &RopeParams<'_, CudaWeight>| p.freq_factors.map(|w| w.buf.ptr);
         let same = pq.style == pk.style
             && pq.head_dim == pk.head_dim
             && pq.n_rot == pk.n_rot
             && pq.freq_base == pk.freq_base
             && pq.freq_scale == pk.freq_scale
-            && factors(pq) == factors(pk);
+            && factors(pq) == factors(pk)
+            && k.cols == cache.k_dim
+            && v.cols == cache.v_dim;
         if !same {
             self.rope(q, positions, pq);
             self.rope(k, positions, pk);
+            self.kv_store(k, v, cache, layer, positions, seqs);
             return;
         }
         q.written();
         k.written();
-        self.run(|s| ops::elementwise::rope(self, s, q, Some(k), pq, pk.n_heads));
+        let store = Some((v, &*cache, layer));
+        self.run(|s| ops::elementwise::rope(self, s, q, Some((k, pk.n_heads)), store, pq));
     }
 
     fn attention(
         &self,
         q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        cache: &mut CudaKvCache,
+        cache: &CudaKvCache,
         layer: usize,
         positions: &[u32],
         seqs: &[SeqRows<'_>],
@@ -513,7 +532,7 @@ impl Backend for CudaBackend {
         debug_assert_eq!(positions.len(), q.rows);
         debug_assert!(!seqs.is_empty());
         out.written().rows = q.rows;
-        self.run(|s| ops::attention::attention(self, s, q, k, v, cache, layer, seqs, p, out));
+        self.run(|s| ops::attention::attention(self, s, q, cache, layer, seqs, p, out));
     }
 
     fn glu(

@@ -391,7 +391,8 @@ fn run_attention<B: Backend>(
             write(b, v, nkv * dk),
         );
         let mut o = write(b, &vec![f32::NAN; rows * nh * dk], nh * dk);
-        b.attention(&qt, &kt, &vt, &mut cache, 0, &positions, &seqs, &p, &mut o);
+        b.kv_store(&kt, &vt, &mut cache, 0, &positions, &seqs);
+        b.attention(&qt, &cache, 0, &positions, &seqs, &p, &mut o);
         let mut host = vec![0f32; rows * nh * dk];
         b.read(&o, &mut host).unwrap();
         *out = host;
@@ -666,20 +667,21 @@ fn matmul_many_matches_matmul() {
     }
 }
 
-/// Q and K rotated in one launch: as rotated one at a time.
+/// Q and K rotated and K and V stored in one launch: the same Q, K and
+/// attention output as rotating and storing one at a time.
 #[test]
-fn rope_qk_matches_rope() {
+fn rope_store_matches_rope_then_store() {
     let Some(b) = gpu() else { return };
     let b = &*b;
-    let (rows, head_dim) = (5, 64);
-    let positions: Vec<u32> = vec![3, 100, 1000, 7, 4095];
-    begin(
-        b,
-        &vec![0; rows],
-        &positions,
-        &(0..4096).collect::<Vec<_>>(),
-        &[],
-    );
+    let (rows, head_dim, n_head, n_head_kv) = (5, 64, 6, 2);
+    let positions: Vec<u32> = (1000..1000 + rows as u32).collect();
+    let slots: Vec<u32> = (0..2048).collect();
+    begin(b, &vec![0; rows], &positions, &slots, &[]);
+    let seqs = [SeqRows {
+        rows: 0..rows,
+        slots: &slots[..1000 + rows],
+        kernels: Kernels::Batch,
+    }];
     let p = |n_heads| RopeParams {
         style: RopeStyle::Neox,
         n_heads,
@@ -689,17 +691,48 @@ fn rope_qk_matches_rope() {
         freq_scale: 1.0,
         freq_factors: None,
     };
-    let (q, k) = (
-        random(rows * 6 * head_dim, 1.0),
-        random(rows * 2 * head_dim, 1.0),
+    let attn = AttnParams {
+        n_head,
+        n_head_kv,
+        head_dim_k: head_dim,
+        head_dim_v: head_dim,
+        kq_scale: 0.125,
+        window: 0,
+    };
+    let (qd, kd) = (n_head * head_dim, n_head_kv * head_dim);
+    let (q, k, v) = (
+        random(rows * qd, 1.0),
+        random(rows * kd, 1.0),
+        random(rows * kd, 1.0),
     );
-    let (mut qt, mut kt) = (tensor(b, &q, 6 * head_dim), tensor(b, &k, 2 * head_dim));
-    b.rope_qk(&mut qt, &mut kt, &positions, &p(6), &p(2));
-    let (mut q1, mut k1) = (tensor(b, &q, 6 * head_dim), tensor(b, &k, 2 * head_dim));
-    b.rope(&mut q1, &positions, &p(6));
-    b.rope(&mut k1, &positions, &p(2));
-    assert!(same_bits(&read(b, &qt), &read(b, &q1)), "q");
-    assert!(same_bits(&read(b, &kt), &read(b, &k1)), "k");
+    let run = |fused: bool| {
+        let (mut qt, mut kt, vt) = (tensor(b, &q, qd), tensor(b, &k, kd), tensor(b, &v, kd));
+        let mut cache = b.new_kv_cache(1, 2048, kd, kd);
+        if fused {
+            b.rope_store(
+                &mut qt,
+                &mut kt,
+                &vt,
+                &mut cache,
+                0,
+                &positions,
+                &seqs,
+                &p(n_head),
+                &p(n_head_kv),
+            );
+        } else {
+            b.rope(&mut qt, &positions, &p(n_head));
+            b.rope(&mut kt, &positions, &p(n_head_kv));
+            b.kv_store(&kt, &vt, &mut cache, 0, &positions, &seqs);
+        }
+        let mut out = poisoned(b, rows, qd);
+        b.attention(&qt, &cache, 0, &positions, &seqs, &attn, &mut out);
+        [read(b, &qt), read(b, &kt), read(b, &out)]
+    };
+    let (fused, apart) = (run(true), run(false));
+    for ((a, c), what) in fused.iter().zip(&apart).zip(["q", "k", "attention"]) {
+        assert!(same_bits(a, c), "{what}");
+    }
 }
 
 /// The device's greedy choice is the CPU's: first of equal maxima, NaN

@@ -193,27 +193,45 @@ pub trait Backend: Send + Sync {
     /// dst = src[:, start .. start + dst.cols] (splits fused projections).
     fn copy_cols(&self, src: &Self::Tensor, start: usize, dst: &mut Self::Tensor);
     fn rope(&self, x: &mut Self::Tensor, positions: &[u32], p: &RopeParams<'_, Self::Weight>);
-    /// Rotates q and k, which differ only in their head counts.
-    fn rope_qk(
+    /// Writes K and V of every row into its slot in layer `layer` of the
+    /// cache.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_store(
+        &self,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        positions: &[u32],
+        seqs: &[SeqRows<'_>],
+    );
+    /// Rotates q and k (which differ only in their head counts), then
+    /// stores k and v as [`Backend::kv_store`] does.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store(
         &self,
         q: &mut Self::Tensor,
         k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
         positions: &[u32],
+        seqs: &[SeqRows<'_>],
         pq: &RopeParams<'_, Self::Weight>,
         pk: &RopeParams<'_, Self::Weight>,
     ) {
         self.rope(q, positions, pq);
         self.rope(k, positions, pk);
+        self.kv_store(k, v, cache, layer, positions, seqs);
     }
-    /// Writes K and V of every row into its slot in layer `layer` of the
-    /// cache, then attends each row of `q` to its sequence's causal past.
+    /// Attends each row of `q` to its sequence's causal past in layer
+    /// `layer` of the cache, where the batch's own K and V are already
+    /// stored.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        cache: &mut Self::KvCache,
+        cache: &Self::KvCache,
         layer: usize,
         positions: &[u32],
         seqs: &[SeqRows<'_>],

@@ -221,10 +221,14 @@ impl<B: Backend> Model<B> {
                 freq_scale: c.rope.freq_scale,
                 freq_factors: layer.rope_freqs.as_ref(),
             };
-            b.rope_qk(
+            b.rope_store(
                 &mut s.q,
                 &mut s.k,
+                &s.v,
+                cache,
+                il,
                 batch.positions,
+                batch.seqs,
                 &rope(c.n_head),
                 &rope(c.n_head_kv),
             );
@@ -245,8 +249,6 @@ impl<B: Backend> Model<B> {
             };
             b.attention(
                 &s.q,
-                &s.k,
-                &s.v,
                 cache,
                 il,
                 batch.positions,

@@ -26,7 +26,7 @@ const SPLIT_KV_MIN: usize = 512;
 const SPLIT_KV_CHUNKS: usize = 2;
 
 /// Writes the batch's K and V into their cache slots.
-fn store_kv(
+pub fn store_kv(
     k: &CpuTensor,
     v: &CpuTensor,
     cache: &mut CpuKvCache,
@@ -306,16 +306,13 @@ fn attend_tiled(
 pub fn attention(
     pool: &Pool,
     q: &CpuTensor,
-    k: &CpuTensor,
-    v: &CpuTensor,
-    cache: &mut CpuKvCache,
+    cache: &CpuKvCache,
     layer: usize,
     positions: &[u32],
     seqs: &[SeqRows<'_>],
     p: &AttnParams,
     out: &mut CpuTensor,
 ) {
-    store_kv(k, v, cache, layer, positions, seqs);
     out.rows = q.rows;
     let group = p.n_head / p.n_head_kv;
     let kv = LayerKv::of(cache, layer);

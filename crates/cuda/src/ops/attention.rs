@@ -1,4 +1,4 @@
-//! Launchers of `attention.cu`: the KV-cache write, then each sequence's
+//! Launchers of `attention.cu`: the KV-cache write, and each sequence's
 //! rows through the tiled kernel (runs of [`TILED_ATTENTION_MIN_ROWS`] or
 //! more) or the f16 one, as the CPU backend splits them.
 
@@ -19,14 +19,41 @@ pub(crate) fn kernel_names() -> impl Iterator<Item = &'static str> {
     KERNELS.iter().flat_map(|&(_, _, tiled, f16)| [tiled, f16])
 }
 
+/// Writes K and V of every row of the batch into its slot of `layer`.
+pub(crate) fn kv_store(
+    b: &CudaBackend,
+    s: &Scratch,
+    k: &CudaTensor,
+    v: &CudaTensor,
+    cache: &CudaKvCache,
+    layer: usize,
+) -> Result<(), CudaError> {
+    if k.rows == 0 {
+        return Ok(());
+    }
+    let l = &s.layout;
+    let (pos, base, slots) = (
+        s.meta_ptr(l.positions),
+        s.meta_ptr(l.slot_base),
+        s.meta_ptr(l.slots),
+    );
+    let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
+    let (kd, vd) = (cache.k_dim as i32, cache.v_dim as i32);
+    let (kp, vp) = (k.ptr(), v.ptr());
+    b.gpu.launch(
+        "kv_store",
+        (k.rows as u32, 1, 1),
+        256,
+        &mut kernel_args![kp, vp, kc, vc, pos, base, slots, kd, vd],
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     b: &CudaBackend,
     s: &Scratch,
     q: &CudaTensor,
-    k: &CudaTensor,
-    v: &CudaTensor,
-    cache: &mut CudaKvCache,
+    cache: &CudaKvCache,
     layer: usize,
     seqs: &[SeqRows<'_>],
     p: &AttnParams,
@@ -52,14 +79,6 @@ pub(crate) fn attention(
         s.meta_ptr(l.slots),
     );
     let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
-    let (kd, vd) = (cache.k_dim as i32, cache.v_dim as i32);
-    let (kp, vp) = (k.ptr(), v.ptr());
-    b.gpu.launch(
-        "kv_store",
-        (rows, 1, 1),
-        256,
-        &mut kernel_args![kp, vp, kc, vc, pos, base, slots, kd, vd],
-    )?;
     let (qp, op) = (q.ptr(), out.ptr());
     let (nh, nkv) = (p.n_head as i32, p.n_head_kv as i32);
     let (dki, dvi) = (dk as i32, dv as i32);

@@ -136,14 +136,24 @@ extern "C" __global__ void glu(const float* gate, const float* up, int stride, f
 // pos * theta_scale^i (times freq_scale, divided by per-frequency factors
 // where given), the power taken by repeated f32 multiplication as ggml
 // does, so that angles match the CPU's. neox: pairs (i, i + n_rot/2), else
-// (2i, 2i + 1). One block per (row, head), q's heads then k's.
-extern "C" __global__ void rope(float* q, int q_cols, int q_heads, float* k, int k_cols, const u32* positions,
-                                int head_dim, int n_rot, float theta_scale, float freq_scale, const float* factors,
-                                int neox) {
+// (2i, 2i + 1). One block per (row, head), q's heads then k's; with v,
+// one more block per row, and each row's rotated K and its V are written
+// into its cache slot as f16 (as kv_store writes them).
+extern "C" __global__ void rope(float* q, int q_cols, int q_heads, float* k, int k_cols, int k_heads, const float* v,
+                                int v_cols, u16* kc, u16* vc, const u32* positions, const u32* slot_base,
+                                const u32* slots, int head_dim, int n_rot, float theta_scale, float freq_scale,
+                                const float* factors, int neox) {
     follow_predecessor();
     int r = blockIdx.x, h = blockIdx.y;
-    float* head = h < q_heads ? q + (size_t)r * q_cols + (size_t)h * head_dim
-                              : k + (size_t)r * k_cols + (size_t)(h - q_heads) * head_dim;
+    u64 slot = v ? slots[slot_base[r] + positions[r]] : 0;
+    if (h == q_heads + k_heads) {
+        for (int j = threadIdx.x; j < v_cols; j += blockDim.x)
+            vc[slot * v_cols + j] = f2h(v[(size_t)r * v_cols + j]);
+        return;
+    }
+    bool is_k = h >= q_heads;
+    float* head = is_k ? k + (size_t)r * k_cols + (size_t)(h - q_heads) * head_dim
+                       : q + (size_t)r * q_cols + (size_t)h * head_dim;
     int half = n_rot / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float theta = (float)positions[r];
@@ -156,6 +166,10 @@ extern "C" __global__ void rope(float* q, int q_cols, int q_heads, float* k, int
         head[a] = fmaf(x0, c, -(x1 * s));
         head[b] = fmaf(x0, s, x1 * c);
     }
+    if (!v || !is_k) return;
+    __syncthreads();
+    u16* dst = kc + slot * k_cols + (size_t)(h - q_heads) * head_dim;
+    for (int j = threadIdx.x; j < head_dim; j += blockDim.x) dst[j] = f2h(head[j]);
 }
 
 // Index of each row's largest value, the first on ties, as the CPU's

@@ -4,7 +4,7 @@
 use quarrel_model::{FfnActivation, RopeParams, RopeStyle};
 
 use super::matmul::{quant_buffers, Activations};
-use crate::{kernel_args, CudaBackend, CudaError, CudaTensor, CudaWeight, Scratch};
+use crate::{kernel_args, CudaBackend, CudaError, CudaKvCache, CudaTensor, CudaWeight, Scratch};
 
 /// Threads per block of the one-thread-per-element kernels.
 pub(crate) const BLOCK: u32 = 256;
@@ -70,28 +70,41 @@ fn prepare_for(
     Ok((mode, bufs))
 }
 
+/// Rotates `q`, and `k` (of `k_heads` heads) when given; with `store`
+/// (V, the cache and the layer), also writes the rotated K and V into the
+/// rows' cache slots.
 pub(crate) fn rope(
     b: &CudaBackend,
     s: &Scratch,
     q: &CudaTensor,
-    k: Option<&CudaTensor>,
+    k: Option<(&CudaTensor, usize)>,
+    store: Option<(&CudaTensor, &CudaKvCache, usize)>,
     p: &RopeParams<'_, CudaWeight>,
-    k_heads: usize,
 ) -> Result<(), CudaError> {
     if q.rows == 0 {
         return Ok(());
     }
     let (qp, q_cols, q_heads) = (q.ptr(), q.cols as i32, p.n_heads as i32);
-    let (kp, k_cols) = k.map_or((0, 0), |k| (k.ptr(), k.cols as i32));
-    let pos = s.meta_ptr(s.layout.positions);
+    let (kp, k_cols, k_heads) = k.map_or((0, 0, 0), |(k, h)| (k.ptr(), k.cols as i32, h as i32));
+    let (vp, v_cols, kc, vc) = store.map_or((0, 0, 0, 0), |(v, cache, layer)| {
+        let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
+        (v.ptr(), v.cols as i32, kc, vc)
+    });
+    let l = &s.layout;
+    let (pos, base, slots) = (
+        s.meta_ptr(l.positions),
+        s.meta_ptr(l.slot_base),
+        s.meta_ptr(l.slots),
+    );
     let (hd, rot) = (p.head_dim as i32, p.n_rot as i32);
     let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
     let freq_scale = p.freq_scale;
     let factors = p.freq_factors.map_or(0u64, |w| w.buf.ptr);
     let neox = i32::from(p.style == RopeStyle::Neox);
+    let blocks_y = (q_heads + k_heads) as u32 + u32::from(store.is_some());
     b.gpu.launch(
         "rope",
-        (q.rows as u32, (p.n_heads + k_heads) as u32, 1),
+        (q.rows as u32, blocks_y, 1),
         block_for(p.n_rot / 2),
         &mut kernel_args![
             qp,
@@ -99,7 +112,14 @@ pub(crate) fn rope(
             q_heads,
             kp,
             k_cols,
+            k_heads,
+            vp,
+            v_cols,
+            kc,
+            vc,
             pos,
+            base,
+            slots,
             hd,
             rot,
             theta_scale,
