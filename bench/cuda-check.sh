@@ -4,7 +4,8 @@
 # CPU backend on the same files (perplexity top-1 agreement and KLD over
 # 512-token chunks, the first 32 greedy tokens), then times pp512/tg128.
 #
-#   bench/cuda-check.sh [check|speed|all]   (default all)
+#   bench/cuda-check.sh [check|speed|memcheck|all]   (default all)
+#   CHECKS="tiny-llama:q4_k ..." limits check to those files.
 #
 # Files go to $WORK (default /tmp/quarrel-cuda); logs to $OUT if set.
 set -uo pipefail
@@ -59,9 +60,13 @@ if [ -n "${KERNEL_TESTS:-}" ] && { [ "$MODE" = check ] || [ "$MODE" = all ]; }; 
     "$KERNEL_TESTS" 2>&1 | grep -E "^test |test result|panicked|error"
 fi
 if [ "$MODE" = check ] || [ "$MODE" = all ]; then
-    for p in tiny-llama tiny-llama3 tiny-mistral tiny-phi3 tiny-qwen2 tiny-gemma3; do check $p q8_0; done
-    for t in q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k f16 bf16; do check tiny-llama $t; done
-    check qwen2.5-0.5b q4_k_m
+    if [ -n "${CHECKS:-}" ]; then  # a subset: "preset:type ..."
+        for c in $CHECKS; do check "${c%%:*}" "${c##*:}"; done
+    else
+        for p in tiny-llama tiny-llama3 tiny-mistral tiny-phi3 tiny-qwen2 tiny-gemma3; do check $p q8_0; done
+        for t in q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k f16 bf16; do check tiny-llama $t; done
+        check qwen2.5-0.5b q4_k_m
+    fi
 fi
 if [ "$MODE" = memcheck ] || [ "$MODE" = all ]; then
     f=$(synth tiny-llama q4_k)

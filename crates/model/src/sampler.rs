@@ -53,7 +53,6 @@ impl SamplerConfig {
         self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 
-    /// The argmax of the raw logits.
     /// Whether sampling is the argmax of the raw logits.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 && !self.has_penalties()
