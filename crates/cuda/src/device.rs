@@ -123,7 +123,7 @@ impl Gpu {
             let f = module.load_function(&name)?;
             functions.insert(name, f);
         }
-        Ok(Gpu {
+        let mut gpu = Gpu {
             name: ctx.name()?,
             ctx,
             stream,
@@ -134,7 +134,26 @@ impl Gpu {
             fingerprint: AtomicU64::new(0),
             capturable: AtomicBool::new(true),
             pdl,
-        })
+        };
+        if gpu.pdl && gpu.probe_launch().is_err() {
+            eprintln!("quarrel: programmatic dependent launch refused; launching kernels plainly");
+            gpu.pdl = false;
+        }
+        Ok(gpu)
+    }
+
+    /// Launches one kernel over nothing and waits for it: whether launches
+    /// as this device is set up to make them work at all.
+    fn probe_launch(&self) -> Result<(), CudaError> {
+        let (x, s, n) = (0u64, 1.0f32, 0u64);
+        self.launch(
+            "scale_f32",
+            (1, 1, 1),
+            32,
+            &mut crate::kernel_args![x, s, n],
+        )?;
+        self.stream.synchronize()?;
+        Ok(())
     }
 
     pub fn function(&self, name: &str) -> &CudaFunction {

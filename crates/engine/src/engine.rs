@@ -84,6 +84,10 @@ pub(crate) struct Engine<B: Backend> {
     positions: Vec<u32>,
     outputs: Vec<usize>,
     logits: Vec<f32>,
+    /// The outputs' tokens as the backend picked them, where every
+    /// sequence of the step decodes greedily and wants no log-probabilities
+    /// (then the logits stay on the device); else empty.
+    picked: Vec<u32>,
     logprobs: Vec<f64>,
     /// The batch's sequence entries, kept for their allocation only (see
     /// [`recycle`]): empty between steps.
@@ -118,6 +122,7 @@ impl<B: Backend> Engine<B> {
             positions: Vec::with_capacity(cfg.max_batch_tokens),
             outputs: Vec::with_capacity(cfg.max_seqs),
             logits: Vec::with_capacity(cfg.max_seqs * n_vocab),
+            picked: Vec::with_capacity(cfg.max_seqs),
             logprobs: Vec::with_capacity(n_vocab),
             seq_rows: Vec::with_capacity(2 * cfg.max_seqs),
             finished: Vec::with_capacity(cfg.max_seqs),
@@ -409,6 +414,16 @@ impl<B: Backend> Engine<B> {
             .forward(&batch, &mut self.cache, &mut self.scratch, None);
         self.seq_rows = recycle(seqs);
         result?;
+        let greedy = self.plan.iter().all(|p| {
+            let seq = &self.running[p.seq];
+            seq.sampler.config().is_greedy() && seq.params.logprobs.is_none()
+        });
+        self.picked.clear();
+        if greedy {
+            self.picked.resize(self.outputs.len(), 0);
+            self.model.argmax_logits(&self.scratch, &mut self.picked)?;
+            return Ok(());
+        }
         let n_vocab = self.model.config.n_vocab;
         self.logits.resize(self.outputs.len() * n_vocab, 0.0);
         self.model.read_logits(&self.scratch, &mut self.logits)?;
@@ -435,13 +450,18 @@ impl<B: Backend> Engine<B> {
             if seq.n_computed < seq.tokens.len() {
                 continue;
             }
-            let logits = &self.logits[out * n_vocab..(out + 1) * n_vocab];
+            let (token, top) = match self.picked.get(out) {
+                Some(&token) => (token, None),
+                None => {
+                    let logits = &self.logits[out * n_vocab..(out + 1) * n_vocab];
+                    let top = seq.params.logprobs.map(|k| {
+                        log_softmax(logits, &mut self.logprobs);
+                        top_logprobs(&self.logprobs, k)
+                    });
+                    (seq.sampler.sample(logits), top)
+                }
+            };
             out += 1;
-            let top = seq.params.logprobs.map(|k| {
-                log_softmax(logits, &mut self.logprobs);
-                top_logprobs(&self.logprobs, k)
-            });
-            let token = seq.sampler.sample(logits);
             seq.sampler.accept(token);
             seq.tokens.push(token);
             let now = Instant::now();
