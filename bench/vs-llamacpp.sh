@@ -25,23 +25,5 @@ for r in $(seq "$rounds"); do
     target/release/quarrel bench -m "$m" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json > "$out/quarrel-$name-$r.json"
   done
 done
-python3 - "$out" "$@" <<'PY'
-import json, os, statistics, sys
-out, models = sys.argv[1], sys.argv[2:]
-print("| model | test | llama.cpp t/s | quarrel t/s | ratio |")
-print("|---|---|--:|--:|--:|")
-for m in models:
-    name = os.path.basename(m)[:-5]
-    rows = {}
-    for eng in ("llama", "quarrel"):
-        for f in sorted(os.listdir(out)):
-            if f.startswith(f"{eng}-{name}-"):
-                for r in json.load(open(os.path.join(out, f))):
-                    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-                    rows.setdefault((test, eng), []).append(r["avg_ts"])
-    for test in sorted({t for t, _ in rows}):
-        a = statistics.median(rows[(test, "llama")])
-        b = statistics.median(rows[(test, "quarrel")])
-        print(f"| {name} | {test} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
-PY
+bench/ratio-table.py "$out" $(for m in "$@"; do basename "$m" .gguf; done)
 rm -rf "$out"
