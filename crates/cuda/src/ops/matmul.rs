@@ -488,3 +488,58 @@ pub(crate) fn matmul_many(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element j of a row of `k` values in the repacked Q6_K layout, read
+    /// as `elem_q6_k` in blocks.cuh reads it.
+    fn q6k_elem(row: &[u8], j: usize, k: usize) -> f32 {
+        let nb = k / 256;
+        let (b, i) = (j / 256, j % 256);
+        let (n, g, l) = (i / 128, (i % 128) / 32, i % 32);
+        let quants = &row[192 * b..];
+        let lo = if g & 1 == 1 {
+            quants[64 * n + l + 32]
+        } else {
+            quants[64 * n + l]
+        };
+        let lo = if g & 2 == 2 { lo >> 4 } else { lo & 0xF } as i32;
+        let h = quants[128 + 32 * n + l] as i32;
+        let q = (lo | (((h >> (2 * g)) & 3) << 4)) - 32;
+        let scale = row[192 * nb + 16 * b + 8 * n + l / 16 + 2 * g] as i8;
+        let d = half::f16::from_le_bytes([row[208 * nb + 2 * b], row[208 * nb + 2 * b + 1]]);
+        d.to_f32() * scale as f32 * q as f32
+    }
+
+    #[test]
+    fn repacked_q6k_rows_dequantize_as_stored() {
+        let (rows, k) = (3, 768);
+        let src: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0)
+            .collect();
+        let row_bytes = GgmlType::Q6K.row_bytes(k as u64).unwrap() as usize;
+        let mut data = vec![0u8; rows * row_bytes];
+        for (s, d) in src.chunks_exact(k).zip(data.chunks_exact_mut(row_bytes)) {
+            quarrel_quant::quantize_row(GgmlType::Q6K, s, d).unwrap();
+        }
+        let (packed, stride) = device_layout(GgmlType::Q6K, &data, rows);
+        assert_eq!(stride % 16, 0);
+        assert_eq!(packed.len(), rows * stride);
+        for (r, stored) in data.chunks_exact(row_bytes).enumerate() {
+            let mut want = vec![0f32; k];
+            quarrel_quant::dequantize_row(GgmlType::Q6K, stored, &mut want).unwrap();
+            let row = &packed[r * stride..][..stride];
+            for (j, w) in want.iter().enumerate() {
+                assert_eq!(
+                    q6k_elem(row, j, k).to_bits(),
+                    w.to_bits(),
+                    "row {r} element {j}"
+                );
+            }
+        }
+        let (same, stride) = device_layout(GgmlType::Q4K, &data[..rows * 144], rows);
+        assert_eq!((same.len(), stride), (rows * 144, 144));
+    }
+}
