@@ -89,7 +89,10 @@ times = sorted(times[5:])
 print(f"device copy bandwidth (read + write, 2 GiB, median of 20): {2 * 2 * n / times[len(times) // 2] / 1e9:.0f} GB/s")
 PY
     speed qwen2.5-0.5b q4_k_m
-    speed qwen2.5-0.5b q4_k_m QUARREL_CUDA_GRAPHS=0
     for t in q4_k_m q8_0 f16; do speed llama3-8b $t; done
-    speed llama3-8b q4_k_m QUARREL_CUDA_GRAPHS=0
+    # What each launch-side technique is worth: the same files without it.
+    for off in QUARREL_CUDA_GRAPHS=0 QUARREL_CUDA_PDL=0 QUARREL_GEMV_WR1=1; do
+        speed qwen2.5-0.5b q4_k_m $off
+        speed llama3-8b q4_k_m $off
+    done
 fi

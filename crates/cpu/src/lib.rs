@@ -139,6 +139,33 @@ impl Backend for CpuBackend {
         ops::matmul::matmul(&self.pool, x, w, out, groups, scratch);
     }
 
+    fn matmul_many(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        biases: &[Option<&CpuWeight>],
+        outs: &mut [&mut CpuTensor],
+        groups: &[RowGroup],
+    ) {
+        assert!(
+            ws.len() == outs.len() && ws.len() == biases.len(),
+            "one output and bias per weight"
+        );
+        if ops::matmul::can_share(ws) {
+            let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
+            ops::matmul::matmul_many(&self.pool, x, ws, outs, groups, &mut guard);
+        } else {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(x, w, out, groups);
+            }
+        }
+        for (bias, out) in biases.iter().zip(outs.iter_mut()) {
+            if let Some(bias) = bias {
+                self.add_bias(out, bias);
+            }
+        }
+    }
+
     fn add_bias(&self, x: &mut CpuTensor, b: &CpuWeight) {
         let cols = x.cols;
         for row in x.live_mut().chunks_exact_mut(cols) {

@@ -77,10 +77,40 @@ pub fn matmul(
     groups: &[RowGroup],
     scratch: &mut MatmulScratch,
 ) {
-    assert_eq!(x.cols, w.cols, "matmul inner dimensions");
-    assert_eq!(out.cols, w.rows, "matmul output width");
+    matmul_many(pool, x, &[w], &mut [out], groups, scratch);
+}
+
+/// Weights whose matmuls by the same input can share its preparation:
+/// one type, row length and path.
+pub fn can_share(ws: &[&CpuWeight]) -> bool {
+    let path = |w: &CpuWeight| quarrel_quant::matmul_path(w.ty, w.rows);
+    ws.len() <= MAX_SHARED
+        && ws
+            .iter()
+            .all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols && path(w) == path(ws[0]))
+}
+
+/// Weights that one [`matmul_many`] takes at most.
+const MAX_SHARED: usize = 3;
+
+/// outs[i] = x · ws[i]ᵀ for weights that [`can_share`]: the activations
+/// are quantized and packed once, and one parallel pass covers every
+/// weight's rows (one wait for the threads instead of one per weight).
+pub fn matmul_many(
+    pool: &Pool,
+    x: &CpuTensor,
+    ws: &[&CpuWeight],
+    outs: &mut [&mut CpuTensor],
+    groups: &[RowGroup],
+    scratch: &mut MatmulScratch,
+) {
+    assert!(can_share(ws) && ws.len() == outs.len() && !ws.is_empty());
+    let w = ws[0];
+    for (wi, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(x.cols, wi.cols, "matmul inner dimensions");
+        assert_eq!(out.cols, wi.rows, "matmul output width");
+    }
     let (n, k, m) = (x.rows, w.cols, w.rows);
-    out.rows = n;
     let path = quarrel_quant::matmul_path(w.ty, m);
     scratch.kernels.clear();
     for g in groups {
@@ -146,9 +176,22 @@ pub fn matmul(
     }
     let (act, packed, runs) = (&scratch.act, &scratch.packed, &scratch.runs);
     let unpacked = &scratch.unpacked;
-    let rows = (m / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
-    let out = ColumnSplit::new(out.live_mut(), m);
-    pool.for_each(m.div_ceil(rows), |task| {
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let rows = (total / (pool.threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK);
+    // Tasks numbered weight after weight: first_task[i] is weight i's first.
+    let mut first_task = [0usize; MAX_SHARED + 1];
+    let mut splits: [Option<ColumnSplit>; MAX_SHARED] = [None, None, None];
+    for (i, (wi, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        out.rows = n;
+        first_task[i + 1] = first_task[i] + wi.rows.div_ceil(rows);
+        splits[i] = Some(ColumnSplit::new(out.live_mut(), wi.rows));
+    }
+    pool.for_each(first_task[ws.len()], |task| {
+        let i = (0..ws.len())
+            .rfind(|&i| first_task[i] <= task)
+            .expect("task 0 is weight 0's");
+        let (w, task, m) = (ws[i], task - first_task[i], ws[i].rows);
+        let out = splits[i].as_ref().expect("one split per weight");
         let mut o = [0f32; ROWS_PER_CALL * quarrel_quant::DOT_ROWS_MAX];
         // At most one task per thread runs at a time, so one buffer is free.
         let mut buf = unpack
