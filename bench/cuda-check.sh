@@ -90,8 +90,9 @@ print(f"device copy bandwidth (read + write, 2 GiB, median of 20): {2 * 2 * n / 
 PY
     speed qwen2.5-0.5b q4_k_m
     for t in q4_k_m q8_0 f16; do speed llama3-8b $t; done
-    # What each launch-side technique is worth: the same files without it.
-    for off in QUARREL_CUDA_GRAPHS=0 QUARREL_CUDA_PDL=0 QUARREL_GEMV_WR1=1; do
+    # What each launch-side technique is worth: the same files without
+    # graphs, with programmatic dependent launch, with one-row GEMV warps.
+    for off in QUARREL_CUDA_GRAPHS=0 QUARREL_CUDA_PDL=1 QUARREL_GEMV_WR1=1; do
         speed qwen2.5-0.5b q4_k_m $off
         speed llama3-8b q4_k_m $off
     done

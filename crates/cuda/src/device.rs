@@ -76,8 +76,8 @@ pub(crate) struct Gpu {
     /// Cleared when work that cannot be captured (cuBLAS) is fingerprinted.
     capturable: AtomicBool,
     /// Kernels are launched as programmatic dependents of the one before
-    /// (sm_90 on; `follow_predecessor` in common.cuh); off with
-    /// QUARREL_CUDA_PDL=0.
+    /// (sm_90 on; `follow_predecessor` in common.cuh); for now only with
+    /// QUARREL_CUDA_PDL=1, until it has been checked and timed on a GPU.
     pdl: bool,
 }
 
@@ -114,7 +114,7 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let (major, minor) = ctx.compute_capability()?;
-        let pdl = major >= 9 && std::env::var("QUARREL_CUDA_PDL").map_or(true, |v| v != "0");
+        let pdl = major >= 9 && std::env::var("QUARREL_CUDA_PDL").is_ok_and(|v| v == "1");
         let arch = format!("sm_{major}{minor}");
         let cubin = compile::cubin(&arch)?;
         let module = ctx.load_module(Ptx::from_binary(cubin))?;
