@@ -147,18 +147,11 @@ impl Backend for CpuBackend {
         outs: &mut [&mut CpuTensor],
         groups: &[RowGroup],
     ) {
-        assert!(
-            ws.len() == outs.len() && ws.len() == biases.len(),
-            "one output and bias per weight"
-        );
-        if ops::matmul::can_share(ws) {
-            let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
-            ops::matmul::matmul_many(&self.pool, x, ws, outs, groups, &mut guard);
-        } else {
-            for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                self.matmul(x, w, out, groups);
-            }
+        if !ops::matmul::can_share(ws) || ws.len() != biases.len() {
+            return quarrel_model::backend::matmul_each(self, x, ws, biases, outs, groups);
         }
+        let mut guard = self.matmul_scratch.lock().expect("matmul scratch");
+        ops::matmul::matmul_many(&self.pool, x, ws, outs, groups, &mut guard);
         for (bias, out) in biases.iter().zip(outs.iter_mut()) {
             if let Some(bias) = bias {
                 self.add_bias(out, bias);

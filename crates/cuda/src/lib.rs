@@ -492,31 +492,17 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
         positions: &[u32],
-        seqs: &[SeqRows<'_>],
-        pq: &RopeParams<'_, CudaWeight>,
-        pk: &RopeParams<'_, CudaWeight>,
+        _seqs: &[SeqRows<'_>],
+        p: &RopeParams<'_, CudaWeight>,
+        k_heads: usize,
     ) {
         debug_assert_eq!(positions.len(), q.rows);
         debug_assert!(q.rows == k.rows && k.rows == v.rows);
-        let factors = |p: &RopeParams<'_, CudaWeight>| p.freq_factors.map(|w| w.buf.ptr);
-        let same = pq.style == pk.style
-            && pq.head_dim == pk.head_dim
-            && pq.n_rot == pk.n_rot
-            && pq.freq_base == pk.freq_base
-            && pq.freq_scale == pk.freq_scale
-            && factors(pq) == factors(pk)
-            && k.cols == cache.k_dim
-            && v.cols == cache.v_dim;
-        if !same {
-            self.rope(q, positions, pq);
-            self.rope(k, positions, pk);
-            self.kv_store(k, v, cache, layer, positions, seqs);
-            return;
-        }
+        debug_assert!(k.cols == cache.k_dim && v.cols == cache.v_dim);
         q.written();
         k.written();
         let store = Some((v, &*cache, layer));
-        self.run(|s| ops::elementwise::rope(self, s, q, Some((k, pk.n_heads)), store, pq));
+        self.run(|s| ops::elementwise::rope(self, s, q, Some((k, k_heads)), store, p));
     }
 
     fn attention(

@@ -718,7 +718,7 @@ fn rope_store_matches_rope_then_store() {
                 &positions,
                 &seqs,
                 &p(n_head),
-                &p(n_head_kv),
+                n_head_kv,
             );
         } else {
             b.rope(&mut qt, &positions, &p(n_head));

@@ -178,16 +178,7 @@ pub trait Backend: Send + Sync {
         outs: &mut [&mut Self::Tensor],
         groups: &[RowGroup],
     ) {
-        assert!(
-            ws.len() == outs.len() && ws.len() == biases.len(),
-            "one output and bias per weight"
-        );
-        for ((w, bias), out) in ws.iter().zip(biases).zip(outs.iter_mut()) {
-            self.matmul(x, w, out, groups);
-            if let Some(bias) = bias {
-                self.add_bias(out, bias);
-            }
-        }
+        matmul_each(self, x, ws, biases, outs, groups);
     }
     fn add_bias(&self, x: &mut Self::Tensor, b: &Self::Weight);
     /// dst = src[:, start .. start + dst.cols] (splits fused projections).
@@ -205,7 +196,7 @@ pub trait Backend: Send + Sync {
         positions: &[u32],
         seqs: &[SeqRows<'_>],
     );
-    /// Rotates q and k (which differ only in their head counts), then
+    /// Rotates q as `p` says and k likewise over its `k_heads` heads, then
     /// stores k and v as [`Backend::kv_store`] does.
     #[allow(clippy::too_many_arguments)]
     fn rope_store(
@@ -217,11 +208,15 @@ pub trait Backend: Send + Sync {
         layer: usize,
         positions: &[u32],
         seqs: &[SeqRows<'_>],
-        pq: &RopeParams<'_, Self::Weight>,
-        pk: &RopeParams<'_, Self::Weight>,
+        p: &RopeParams<'_, Self::Weight>,
+        k_heads: usize,
     ) {
-        self.rope(q, positions, pq);
-        self.rope(k, positions, pk);
+        self.rope(q, positions, p);
+        let pk = RopeParams {
+            n_heads: k_heads,
+            ..*p
+        };
+        self.rope(k, positions, &pk);
         self.kv_store(k, v, cache, layer, positions, seqs);
     }
     /// Attends each row of `q` to its sequence's causal past in layer
@@ -260,4 +255,26 @@ pub trait Backend: Send + Sync {
     /// [`crate::sampler::argmax`] picks it (greedy decoding without
     /// copying the logits), into `dst` (one per row); errors as `read`.
     fn argmax(&self, t: &Self::Tensor, dst: &mut [u32]) -> Result<(), ModelError>;
+}
+
+/// [`Backend::matmul_many`] one weight at a time: each matmul, then its
+/// bias (the default, and where a backend cannot share the work).
+pub fn matmul_each<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Tensor,
+    ws: &[&B::Weight],
+    biases: &[Option<&B::Weight>],
+    outs: &mut [&mut B::Tensor],
+    groups: &[RowGroup],
+) {
+    assert!(
+        ws.len() == outs.len() && ws.len() == biases.len(),
+        "one output and bias per weight"
+    );
+    for ((w, bias), out) in ws.iter().zip(biases).zip(outs.iter_mut()) {
+        b.matmul(x, w, out, groups);
+        if let Some(bias) = bias {
+            b.add_bias(out, bias);
+        }
+    }
 }

@@ -212,9 +212,9 @@ impl<B: Backend> Model<B> {
             if let Some(kn) = &layer.k_norm {
                 b.rms_norm_inplace(&mut s.k, kn, c.norm_eps);
             }
-            let rope = |n_heads| RopeParams {
+            let rope = RopeParams {
                 style: c.rope.style,
-                n_heads,
+                n_heads: c.n_head,
                 head_dim: c.head_dim_k,
                 n_rot: c.rope.n_rot,
                 freq_base: c.rope_base(il),
@@ -229,8 +229,8 @@ impl<B: Backend> Model<B> {
                 il,
                 batch.positions,
                 batch.seqs,
-                &rope(c.n_head),
-                &rope(c.n_head_kv),
+                &rope,
+                c.n_head_kv,
             );
             if c.q_scale != 1.0 {
                 b.scale(&mut s.q, c.q_scale);

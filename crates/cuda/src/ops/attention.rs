@@ -31,12 +31,7 @@ pub(crate) fn kv_store(
     if k.rows == 0 {
         return Ok(());
     }
-    let l = &s.layout;
-    let (pos, base, slots) = (
-        s.meta_ptr(l.positions),
-        s.meta_ptr(l.slot_base),
-        s.meta_ptr(l.slots),
-    );
+    let (pos, base, slots) = s.slot_table();
     let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
     let (kd, vd) = (cache.k_dim as i32, cache.v_dim as i32);
     let (kp, vp) = (k.ptr(), v.ptr());
@@ -72,12 +67,7 @@ pub(crate) fn attention(
     if rows == 0 {
         return Ok(());
     }
-    let l = &s.layout;
-    let (pos, base, slots) = (
-        s.meta_ptr(l.positions),
-        s.meta_ptr(l.slot_base),
-        s.meta_ptr(l.slots),
-    );
+    let (pos, base, slots) = s.slot_table();
     let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
     let (qp, op) = (q.ptr(), out.ptr());
     let (nh, nkv) = (p.n_head as i32, p.n_head_kv as i32);

@@ -90,12 +90,7 @@ pub(crate) fn rope(
         let (kc, vc) = (cache.k[layer].ptr, cache.v[layer].ptr);
         (v.ptr(), v.cols as i32, kc, vc)
     });
-    let l = &s.layout;
-    let (pos, base, slots) = (
-        s.meta_ptr(l.positions),
-        s.meta_ptr(l.slot_base),
-        s.meta_ptr(l.slots),
-    );
+    let (pos, base, slots) = s.slot_table();
     let (hd, rot) = (p.head_dim as i32, p.n_rot as i32);
     let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
     let freq_scale = p.freq_scale;

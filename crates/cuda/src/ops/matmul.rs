@@ -462,29 +462,30 @@ pub(crate) fn matmul_many(
         assert_eq!(out.cols, w.rows, "matmul output width");
         assert!(bias.is_none_or(|b| b.cols == w.rows), "bias width");
     }
+    if !all_gemv {
+        for ((w, bias), out) in ws.iter().zip(biases).zip(outs) {
+            matmul(b, s, x, w, out, groups)?;
+            if let Some(bias) = bias {
+                super::elementwise::add_bias(b, out, bias)?;
+            }
+        }
+        return Ok(());
+    }
     let mut i = 0;
     while i < ws.len() {
-        let mut j = i + 1;
-        while j < ws.len() && j - i < 3 && ws[j].ty == ws[i].ty {
-            j += 1;
+        // Up to three consecutive weights of one type per launch.
+        let n = ws[i..]
+            .iter()
+            .take(3)
+            .take_while(|w| w.ty == ws[i].ty)
+            .count();
+        let quant = quantize(b, x, Activations::of(ws[i].ty))?;
+        let mut mats = [(ws[i], biases[i], &*outs[i]); 3];
+        for (m, t) in mats.iter_mut().zip(i..i + n) {
+            *m = (ws[t], biases[t], &*outs[t]);
         }
-        if !all_gemv {
-            j = i + 1;
-        }
-        if all_gemv {
-            let quant = quantize(b, x, Activations::of(ws[i].ty))?;
-            let mut mats = [(ws[i], biases[i], &*outs[i]); 3];
-            for (m, t) in mats.iter_mut().zip(i..j) {
-                *m = (ws[t], biases[t], &*outs[t]);
-            }
-            gemv(b, x, quant, &mats[..j - i], rows.start, rows.end)?;
-        } else {
-            matmul(b, s, x, ws[i], &*outs[i], groups)?;
-            if let Some(bias) = biases[i] {
-                super::elementwise::add_bias(b, outs[i], bias)?;
-            }
-        }
-        i = j;
+        gemv(b, x, quant, &mats[..n], rows.start, rows.end)?;
+        i += n;
     }
     Ok(())
 }

@@ -62,4 +62,16 @@ impl Scratch {
     pub(crate) fn meta_ptr(&self, offset: usize) -> u64 {
         self.meta.as_ref().map_or(0, |m| m.ptr) + 4 * offset as u64
     }
+
+    /// What the kernels need to find row r's cache slot,
+    /// `slots[slot_base[r] + positions[r]]`: the addresses of positions,
+    /// slot_base and slots.
+    pub(crate) fn slot_table(&self) -> (u64, u64, u64) {
+        let l = &self.layout;
+        (
+            self.meta_ptr(l.positions),
+            self.meta_ptr(l.slot_base),
+            self.meta_ptr(l.slots),
+        )
+    }
 }
